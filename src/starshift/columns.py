@@ -1,0 +1,46 @@
+"""Column names of the per-frame tables that flow between stages, named once, here.
+
+Every table is one row per frame, keyed by ``FILE`` (the file name, not a path), written as CSV.
+"""
+
+FILE = "file"
+FILTER = "filter"
+EXPTIME = "exptime"
+# position of the measured star in the (pre-shifted) frame, pixels, x first
+X = "x"
+Y = "y"
+# estimated shift onto the reference (seed convention: reference - frame), floats
+DX = "dx"
+DY = "dy"
+SIGMA_DX = "sigma_dx"
+SIGMA_DY = "sigma_dy"
+N_STARS = "n_stars"
+METHOD = "method"
+# pre-shift applied before measuring (integers)
+PRE_DX = "pre_dx"
+PRE_DY = "pre_dy"
+# shift actually applied to the raw frame (pre-shift included)
+APPLIED_DX = "applied_dx"
+APPLIED_DY = "applied_dy"
+# star position re-measured after shifting, minus its reference position ("new shift")
+RESIDUAL_DX = "residual_dx"
+RESIDUAL_DY = "residual_dy"
+BKGSUB = "bkgsub"
+STATUS = "status"
+REASON = "reason"
+# truth (sample nights only)
+TRUE_DX = "true_dx"
+TRUE_DY = "true_dy"
+BAD = "bad"
+KIND = "kind"
+
+# status values
+KEPT = "kept"
+REJECTED = "rejected"
+FAILED = "failed"
+STATUSES = (KEPT, REJECTED, FAILED)
+
+DIAGNOSTICS = [
+    FILE, FILTER, EXPTIME, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, PRE_DX, PRE_DY,
+    APPLIED_DX, APPLIED_DY, RESIDUAL_DX, RESIDUAL_DY, BKGSUB, STATUS, REASON,
+]

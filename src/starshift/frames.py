@@ -1,0 +1,208 @@
+"""Everything that touches the disk: frame discovery, FITS read/write, tables, atomic writes.
+
+No other module opens files. Writes go to a temporary name in the destination directory and are
+renamed into place, so a killed run never leaves a half-written frame or table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+
+from .errors import StarshiftError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GLOBS = ("*.fit", "*.fits", "*.fts")
+#: PICTTYPE value of a light (science) frame in SBIG/CCDOps/MaxIm headers.
+PICTTYPE_LIGHT = 1
+
+
+# --------------------------------------------------------------------------- discovery
+def _glob_files(directory: Path, globs: Iterable[str]) -> list[Path]:
+    found: set[Path] = set()
+    for pattern in globs:
+        found.update(p for p in directory.glob(pattern) if p.is_file())
+    return sorted(found, key=lambda p: p.name)
+
+
+def is_light_frame(header: fits.Header) -> bool:
+    """Whether a header describes a light (science) frame.
+
+    PICTTYPE=1 decides when PICTTYPE is present; otherwise IMAGETYP containing 'light'
+    (case-insensitive); a header with neither keyword counts as a light frame.
+    """
+    if "PICTTYPE" in header:
+        try:
+            return int(header["PICTTYPE"]) == PICTTYPE_LIGHT
+        except (TypeError, ValueError):
+            return False
+    if "IMAGETYP" in header:
+        return "light" in str(header["IMAGETYP"]).lower()
+    return True
+
+
+def find_light_frames(directory: str | os.PathLike, globs: str | Iterable[str] | None = None
+                      ) -> list[Path]:
+    """Light frames in ``directory``, sorted by file name.
+
+    Headers are read through ccdproc's :class:`~ccdproc.ImageFileCollection`; selection follows
+    :func:`is_light_frame`. Raises :class:`StarshiftError` for a missing directory or when no
+    light frame is found.
+    """
+    from ccdproc import ImageFileCollection
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise StarshiftError(f"{directory}: no such directory; give the folder holding the frames")
+    if globs is None:
+        globs = DEFAULT_GLOBS
+    elif isinstance(globs, str):
+        globs = [g.strip() for g in globs.split(",") if g.strip()]
+    files = _glob_files(directory, globs)
+    if not files:
+        raise StarshiftError(
+            f"{directory}: no files matching {', '.join(globs)}; check the path or the glob"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        try:
+            ifc = ImageFileCollection(
+                location=str(directory), filenames=[f.name for f in files],
+                keywords=["picttype", "imagetyp"],
+            )
+            summary = ifc.summary
+        except Exception as exc:  # a corrupt file makes the collection fail as a whole
+            bad = _first_unreadable(files)
+            raise StarshiftError(f"{bad or directory}: not a readable FITS file ({exc})") from exc
+    lights = []
+    for row in summary:
+        hdr = fits.Header()
+        for key in ("picttype", "imagetyp"):
+            value = row[key] if key in summary.colnames else None
+            if value is not None and not np.ma.is_masked(value):
+                hdr[key.upper()] = value
+        if is_light_frame(hdr):
+            lights.append(directory / row["file"])
+    if not lights:
+        raise StarshiftError(
+            f"{directory}: {len(files)} FITS file(s) but no light frame (PICTTYPE=1 or "
+            "IMAGETYP containing 'light'); point at the science frames"
+        )
+    return sorted(lights, key=lambda p: p.name)
+
+
+def _first_unreadable(files: Iterable[Path]) -> Path | None:
+    for f in files:
+        try:
+            with fits.open(f) as hdul:
+                hdul[0].header  # noqa: B018
+        except Exception:
+            return f
+    return None
+
+
+# --------------------------------------------------------------------------- FITS
+def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
+    """Read the primary image of a FITS file as float64 (BZERO/BSCALE applied) and its header.
+
+    A header without BUNIT is taken to be in ADU (BUNIT='adu' is added to the returned copy).
+    The file itself is never modified.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StarshiftError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            with fits.open(path, memmap=False) as hdul:
+                hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
+                if hdu is None:
+                    raise StarshiftError(f"{path}: no 2-D image in this FITS file")
+                data = np.asarray(hdu.data, dtype=np.float64)
+                header = hdu.header.copy()
+    except StarshiftError:
+        raise
+    except Exception as exc:
+        raise StarshiftError(f"{path}: not a readable FITS file ({exc})") from exc
+    if "BUNIT" not in header:
+        header["BUNIT"] = ("adu", "assumed: no BUNIT in the input file")
+    for key in ("BZERO", "BSCALE"):
+        header.remove(key, ignore_missing=True)
+    return data, header
+
+
+def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None
+                ) -> None:
+    """Write ``data`` as float32 with ``header`` to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    hdr = fits.Header() if header is None else header.copy()
+    for key in ("BZERO", "BSCALE", "BLANK"):
+        hdr.remove(key, ignore_missing=True)
+    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=hdr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        _atomic(path, lambda tmp: hdu.writeto(tmp, overwrite=True, output_verify="silentfix"))
+
+
+# --------------------------------------------------------------------------- tables & text
+def write_table(df: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.4f") -> None:
+    """Write a per-frame table as CSV atomically, with a fixed float format (byte-reproducible)."""
+    path = Path(path)
+    text = df.to_csv(index=False, float_format=float_format, lineterminator="\n")
+    write_text(path, text)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV table written by :func:`write_table`."""
+    path = Path(path)
+    if not path.is_file():
+        raise StarshiftError(f"{path}: no such table; run the stage that writes it first")
+    try:
+        return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except Exception as exc:
+        raise StarshiftError(f"{path}: not a readable CSV table ({exc})") from exc
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    _atomic(Path(path), _write)
+
+
+def _atomic(path: Path, writer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- provenance
+def params_hash(params) -> str:
+    """Short, stable hash (12 hex digits) of a JSON-serialisable parameter tree."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
