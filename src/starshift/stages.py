@@ -1,0 +1,335 @@
+"""Stage entry points: read inputs, call the algorithms, write outputs and provenance.
+
+The same functions serve ``starshift align``, the DVC stages (``starshift stage ...``) and the
+Hydra sweep. Per-frame work is split so each step can stream frames one at a time:
+
+``measure``  -> shifts table (one row per light frame; estimated shift onto the reference)
+``apply``    -> shifted frames + residual (the star re-measured after shifting: "new shift")
+``decide``   -> status kept / rejected / failed with a reason (residual limit, bad_frames)
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from . import columns as C
+from . import frames as io
+from .centroid import CentroidFailed, box_centroid
+from .config import to_plain
+from .errors import StarshiftError
+from .shift import apply_shift, subtract_background
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "reference"  # column: 1 for the night's reference frame
+
+
+# --------------------------------------------------------------------------- inputs
+def light_frames(input_dir: str | Path, cfg: DictConfig) -> list[Path]:
+    """The night's light frames, sorted by name, with the config's file names checked."""
+    paths = io.find_light_frames(input_dir, cfg.glob)
+    names = {p.name for p in paths}
+    for key, listed in (("pre_shift", list(cfg.pre_shift)), ("bad_frames", list(cfg.bad_frames)),
+                        ("reference", [cfg.reference] if cfg.reference not in (None, "auto")
+                         else [])):
+        missing = [n for n in listed if n not in names]
+        if missing:
+            raise StarshiftError(f"{key}: {missing[0]} is not a light frame in {input_dir}; "
+                                 "check the file name")
+    return paths
+
+
+def _auto_params(cfg: DictConfig) -> dict:
+    return dict(to_plain(cfg.auto))
+
+
+def reference_index(paths: list[Path], cfg: DictConfig, progress: bool = False) -> int:
+    """Index of the reference frame: the first (default), a named file, or ``'auto'``."""
+    if cfg.reference is None:
+        return 0
+    if cfg.reference == "auto":
+        from .register import choose_reference
+
+        datas = [io.read_frame(p)[0] for p in tqdm(paths, desc="reference", disable=not progress)]
+        return int(choose_reference(datas, **_auto_params(cfg)))
+    return [p.name for p in paths].index(cfg.reference)
+
+
+@dataclass
+class Reference:
+    """What every frame of a night is measured against."""
+
+    name: str
+    data: np.ndarray
+    position: tuple[float, float] | None  # the box star in the reference (box method / report)
+    prepared: object | None = None  # register.PreparedReference (auto method)
+
+
+def _pre(cfg: DictConfig, name: str) -> tuple[int, int]:
+    value = cfg.pre_shift.get(name)
+    return (0, 0) if value is None else (int(value[0]), int(value[1]))
+
+
+def load_reference(path: Path, cfg: DictConfig) -> Reference:
+    data, _ = io.read_frame(path)
+    position = None
+    if cfg.centroid.box_center is not None:
+        pdx, pdy = _pre(cfg, path.name)
+        pre = apply_shift(data, pdx, pdy, order=0, fill=cfg.shift.fill) if (pdx or pdy) else data
+        try:
+            x, y = box_centroid(pre, cfg.centroid.box_center, cfg.centroid.box_size)
+            position = (x - pdx, y - pdy)
+        except CentroidFailed as exc:
+            if cfg.method == "box":
+                raise StarshiftError(
+                    f"{path}: no star in the search box of the reference frame ({exc}); "
+                    "check centroid.box_center/box_size or choose another reference") from exc
+    prepared = None
+    if cfg.method == "auto":
+        from .register import prepare_reference
+
+        prepared = prepare_reference(data, **_auto_params(cfg))
+    return Reference(path.name, data, position, prepared)
+
+
+# --------------------------------------------------------------------------- measure
+def measure_frame(data: np.ndarray, name: str, ref: Reference, cfg: DictConfig) -> dict:
+    """Estimate one frame's shift onto the reference. Never raises for a bad frame."""
+    pdx, pdy = _pre(cfg, name)
+    row = {C.PRE_DX: pdx, C.PRE_DY: pdy, C.METHOD: cfg.method, C.X: np.nan, C.Y: np.nan,
+           C.DX: np.nan, C.DY: np.nan, C.SIGMA_DX: np.nan, C.SIGMA_DY: np.nan, C.N_STARS: 0,
+           C.STATUS: "ok", C.REASON: ""}
+    if name == ref.name:
+        row.update({C.DX: 0.0, C.DY: 0.0, C.SIGMA_DX: 0.0, C.SIGMA_DY: 0.0})
+        if ref.position is not None:
+            row[C.X], row[C.Y] = ref.position
+        if cfg.method == "box":
+            row[C.N_STARS] = 1
+        return row
+    if cfg.method == "box":
+        pre = apply_shift(data, pdx, pdy, order=0, fill=cfg.shift.fill) if (pdx or pdy) else data
+        try:
+            x, y = box_centroid(pre, cfg.centroid.box_center, cfg.centroid.box_size)
+        except CentroidFailed as exc:
+            row.update({C.STATUS: C.FAILED, C.REASON: f"star not found in the search box: {exc}"})
+            return row
+        rx, ry = ref.position
+        row.update({C.X: x - pdx, C.Y: y - pdy, C.DX: rx - x + pdx, C.DY: ry - y + pdy,
+                    C.N_STARS: 1})
+        return row
+    from .register import estimate_shift
+
+    work = apply_shift(data, pdx, pdy, order=0, fill=cfg.shift.fill) if (pdx or pdy) else data
+    est = estimate_shift(ref.prepared, work, **_auto_params(cfg))
+    if not est.ok:
+        row.update({C.STATUS: C.FAILED, C.REASON: est.reason or "automatic alignment failed",
+                    C.METHOD: f"auto:{est.method}"})
+        return row
+    row.update({C.DX: est.dx + pdx, C.DY: est.dy + pdy, C.SIGMA_DX: est.sigma_dx,
+                C.SIGMA_DY: est.sigma_dy, C.N_STARS: est.n_stars, C.METHOD: f"auto:{est.method}"})
+    if ref.position is not None:
+        row[C.X] = ref.position[0] - row[C.DX]
+        row[C.Y] = ref.position[1] - row[C.DY]
+    return row
+
+
+def measure(input_dir: str | Path, cfg: DictConfig, progress: bool = False
+            ) -> tuple[pd.DataFrame, Reference]:
+    """The shifts table of a night: one row per light frame, in name order."""
+    paths = light_frames(input_dir, cfg)
+    ref_path = paths[reference_index(paths, cfg, progress)]
+    ref = load_reference(ref_path, cfg)
+    rows = []
+    for path in tqdm(paths, desc=f"measure {Path(input_dir).name}", disable=not progress):
+        data, header = io.read_frame(path)
+        if data.shape != ref.data.shape:
+            row = {C.STATUS: C.FAILED, C.PRE_DX: 0, C.PRE_DY: 0, C.METHOD: cfg.method,
+                   C.REASON: f"shape {data.shape[::-1]} differs from the reference's "
+                             f"{ref.data.shape[::-1]}"}
+        else:
+            row = measure_frame(data, path.name, ref, cfg)
+        row.update({C.FILE: path.name, C.FILTER: str(header.get("FILTER", "")),
+                    C.EXPTIME: float(header.get("EXPTIME", np.nan)),
+                    REFERENCE: int(path.name == ref.name)})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    cols = [C.FILE, C.FILTER, C.EXPTIME, REFERENCE, C.METHOD, C.X, C.Y, C.DX, C.DY, C.SIGMA_DX,
+            C.SIGMA_DY, C.N_STARS, C.PRE_DX, C.PRE_DY, C.STATUS, C.REASON]
+    return table.reindex(columns=cols), ref
+
+
+def reference_from_table(input_dir: str | Path, table: pd.DataFrame, cfg: DictConfig
+                         ) -> Reference:
+    names = table.loc[table[REFERENCE] == 1, C.FILE].tolist()
+    if len(names) != 1:
+        raise StarshiftError("shifts table: exactly one row must be marked as the reference")
+    return load_reference(Path(input_dir) / names[0], cfg)
+
+
+# --------------------------------------------------------------------------- apply
+def applied_shift(row, order: int) -> tuple[float, float]:
+    """The shift actually applied: whole pixels for order 0 (the seed's), else the estimate."""
+    if order == 0:
+        return float(round(row[C.DX])), float(round(row[C.DY]))
+    return float(row[C.DX]), float(row[C.DY])
+
+
+def residual(shifted: np.ndarray, ref: Reference, cfg: DictConfig) -> tuple[float, float, str]:
+    """The shift still needed after shifting ("new shift"), re-measured on the shifted frame."""
+    if cfg.method == "box":
+        try:
+            x, y = box_centroid(shifted, cfg.centroid.box_center, cfg.centroid.box_size)
+        except CentroidFailed as exc:
+            return np.nan, np.nan, f"star not found after shifting: {exc}"
+        return ref.position[0] - x, ref.position[1] - y, ""
+    from .register import estimate_shift
+
+    est = estimate_shift(ref.prepared, shifted, **_auto_params(cfg))
+    if not est.ok:
+        return np.nan, np.nan, f"re-measure after shifting failed: {est.reason}"
+    return est.dx, est.dy, ""
+
+
+def shift_frame(data: np.ndarray, header, row, ref: Reference, cfg: DictConfig, phash: str):
+    """Shift one raw frame; returns (output data, header, diagnostics update)."""
+    adx, ady = applied_shift(row, cfg.shift.order)
+    shifted = apply_shift(data, adx, ady, order=cfg.shift.order, fill=cfg.shift.fill)
+    rdx, rdy, why = residual(shifted, ref, cfg)
+    bkg = 0.0
+    if cfg.shift.subtract_background:
+        shifted, bkg = subtract_background(shifted)
+    hdr = header.copy()
+    hdr["XOFFSET"] = (float(hdr.get("XOFFSET", 0.0)) + adx, "[px] x shift applied (accumulated)")
+    hdr["YOFFSET"] = (float(hdr.get("YOFFSET", 0.0)) + ady, "[px] y shift applied (accumulated)")
+    hdr["BKGSUB"] = (round(float(bkg), 6), "[adu] median background subtracted")
+    hdr["SSMETHOD"] = (str(row[C.METHOD]), "starshift shift estimation method")
+    hdr["SSORDER"] = (int(cfg.shift.order), "starshift interpolation order")
+    hdr["SSREF"] = (ref.name, "starshift reference frame")
+    hdr["SSPHASH"] = (phash, "starshift parameters hash")
+    update = {C.APPLIED_DX: adx, C.APPLIED_DY: ady, C.RESIDUAL_DX: rdx, C.RESIDUAL_DY: rdy,
+              C.BKGSUB: bkg, "remeasure": why}
+    return shifted, hdr, update
+
+
+def decide(row, cfg: DictConfig) -> tuple[str, str]:
+    """Status and reason of one frame after shifting."""
+    if row[C.STATUS] == C.FAILED:
+        return C.FAILED, row[C.REASON]
+    if row[C.FILE] in set(cfg.bad_frames):
+        return C.REJECTED, "listed in bad_frames"
+    why = row.get("remeasure", "")
+    if isinstance(why, str) and why:
+        return C.REJECTED, why
+    lim = float(cfg.reject.max_residual)
+    rdx, rdy = float(row[C.RESIDUAL_DX]), float(row[C.RESIDUAL_DY])
+    if abs(rdx) > lim or abs(rdy) > lim:
+        return C.REJECTED, f"new shift ({rdx:+.2f}, {rdy:+.2f}) px beyond {lim:g} px"
+    return C.KEPT, ""
+
+
+def iter_shifted(input_dir: str | Path, table: pd.DataFrame, cfg: DictConfig,
+                 progress: bool = False) -> Iterator[tuple[dict, np.ndarray | None, object]]:
+    """Shift every measured frame; yields (diagnostics row, data or None, header)."""
+    ref = reference_from_table(input_dir, table, cfg)
+    phash = io.params_hash(to_plain(cfg))
+    for row in tqdm(table.to_dict("records"), desc=f"shift {Path(input_dir).name}",
+                    disable=not progress):
+        out = {**row, C.APPLIED_DX: np.nan, C.APPLIED_DY: np.nan, C.RESIDUAL_DX: np.nan,
+               C.RESIDUAL_DY: np.nan, C.BKGSUB: np.nan, "remeasure": ""}
+        if row[C.STATUS] == C.FAILED:
+            yield out, None, None
+            continue
+        data, header = io.read_frame(Path(input_dir) / row[C.FILE])
+        shifted, hdr, update = shift_frame(data, header, row, ref, cfg, phash)
+        out.update(update)
+        yield out, shifted, hdr
+
+
+def finish(rows: list[dict]) -> pd.DataFrame:
+    """The diagnostics table in its documented column order."""
+    df = pd.DataFrame(rows)
+    extra = [c for c in (REFERENCE,) if c in df.columns]
+    return df.reindex(columns=C.DIAGNOSTICS + extra)
+
+
+# --------------------------------------------------------------------------- whole runs
+def align(input_dir: str | Path, output_dir: str | Path, cfg: DictConfig,
+          progress: bool = False) -> pd.DataFrame:
+    """``starshift align``: measure, shift, decide; write kept frames and diagnostics.csv."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if output_dir.resolve() == input_dir.resolve():
+        raise StarshiftError(f"{output_dir}: output directory must differ from the input "
+                             "(inputs are never modified)")
+    table, _ = measure(input_dir, cfg, progress)
+    rows = []
+    for row, data, hdr in iter_shifted(input_dir, table, cfg, progress):
+        row[C.STATUS], row[C.REASON] = decide(row, cfg)
+        if row[C.STATUS] == C.KEPT:
+            io.write_frame(output_dir / row[C.FILE], data, hdr)
+        else:
+            stale = output_dir / row[C.FILE]
+            if stale.exists():  # a previous run kept it; this one does not
+                stale.unlink()
+        rows.append(row)
+    diag = finish(rows)
+    io.write_table(diag, output_dir / "diagnostics.csv")
+    return diag
+
+
+def stage_measure(input_dir, out_table, cfg, progress=False) -> pd.DataFrame:
+    """DVC ``centroid`` stage: the shifts table."""
+    table, _ = measure(input_dir, cfg, progress)
+    io.write_table(table, out_table)
+    return table
+
+
+def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
+                ) -> pd.DataFrame:
+    """DVC ``shift`` stage: every measured frame shifted, plus residuals (no decisions)."""
+    table = io.read_table(shifts_table)
+    out_dir = Path(out_dir)
+    _clear_dir(out_dir)
+    rows = []
+    for row, data, hdr in iter_shifted(input_dir, table, cfg, progress):
+        if data is not None:
+            io.write_frame(out_dir / row[C.FILE], data, hdr)
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    io.write_table(df, out_table)
+    return df
+
+
+def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.DataFrame:
+    """DVC ``reject`` stage: statuses, and the accepted set copied to its own directory."""
+    table = io.read_table(residuals_table)
+    out_dir = Path(out_dir)
+    _clear_dir(out_dir)
+    rows = []
+    for row in table.to_dict("records"):
+        row["remeasure"] = "" if pd.isna(row.get("remeasure")) else row.get("remeasure")
+        row[C.REASON] = "" if pd.isna(row.get(C.REASON)) else row[C.REASON]
+        row[C.STATUS], row[C.REASON] = decide(row, cfg)
+        if row[C.STATUS] == C.KEPT:
+            io.copy_file(Path(shifted_dir) / row[C.FILE], out_dir / row[C.FILE])
+        rows.append(row)
+    diag = finish(rows)
+    io.write_table(diag, out_table)
+    return diag
+
+
+def _clear_dir(path: Path) -> None:
+    """Start a stage's own output directory afresh (DVC removes it too before running)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+

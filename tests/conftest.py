@@ -1,0 +1,49 @@
+"""Shared test helpers: tiny synthetic frames with stars at known positions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+
+def gaussian_frame(shape=(120, 160), stars=((80.0, 60.0, 20000.0),), fwhm=4.0, sky=100.0,
+                   noise=3.0, seed=0):
+    """A frame with Gaussian stars (x, y, total flux) on a flat sky plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    sigma = fwhm / 2.3548
+    data = np.full(shape, sky, dtype=float)
+    for x, y, flux in stars:
+        data += flux / (2 * np.pi * sigma**2) * np.exp(
+            -((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    if noise:
+        data += rng.normal(0, noise, shape)
+    return data
+
+
+def write_fits(path, data, **cards):
+    hdr = fits.Header()
+    for key, value in cards.items():
+        hdr[key.upper()] = value
+    fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=hdr).writeto(path)
+    return path
+
+
+#: a small night: the star drifts; truth is the shift onto the first frame (ref - frame)
+NIGHT_SHIFTS = {"f01.fit": (0.0, 0.0), "f02.fit": (3.3, -2.2), "f03.fit": (-4.1, 1.6),
+                "f04.fit": (6.2, 5.4)}
+REF_STAR = (80.0, 60.0)
+
+
+@pytest.fixture
+def small_night(tmp_path):
+    """Four light frames (PICTTYPE=1), one bias (PICTTYPE=2); truth in NIGHT_SHIFTS."""
+    d = tmp_path / "night"
+    d.mkdir()
+    for i, (name, (dx, dy)) in enumerate(NIGHT_SHIFTS.items()):
+        x, y = REF_STAR[0] - dx, REF_STAR[1] - dy
+        data = gaussian_frame(stars=((x, y, 30000.0), (x - 45, y + 30, 8000.0)), seed=i)
+        write_fits(d / name, data, picttype=1, imagetyp="Light Frame", filter="V", exptime=30.0)
+    write_fits(d / "bias.fit", np.full((120, 160), 100.0), picttype=2, imagetyp="Bias Frame")
+    return d

@@ -1,0 +1,124 @@
+"""The seed method end to end on a small night with known shifts, through the library and CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from conftest import NIGHT_SHIFTS, gaussian_frame, write_fits
+
+from starshift import columns as C
+from starshift.cli import main
+from starshift.config import compose_align
+from starshift.stages import align
+
+BOX = ["method=box", "centroid.box_center=[80,60]", "centroid.box_size=21"]
+
+
+def test_seed_method_recovers_shifts_and_writes_outputs(small_night, tmp_path):
+    out = tmp_path / "out"
+    diag = align(small_night, out, compose_align(BOX))
+    assert list(diag[C.FILE]) == list(NIGHT_SHIFTS)
+    for _, row in diag.iterrows():
+        tdx, tdy = NIGHT_SHIFTS[row[C.FILE]]
+        assert row[C.DX] == pytest.approx(tdx, abs=0.05)
+        assert row[C.DY] == pytest.approx(tdy, abs=0.05)
+        assert (row[C.APPLIED_DX], row[C.APPLIED_DY]) == (round(tdx), round(tdy))
+        assert abs(row[C.RESIDUAL_DX]) <= 0.5 and abs(row[C.RESIDUAL_DY]) <= 0.5
+        assert row[C.STATUS] == C.KEPT
+    for col in ["file", "x", "y", "dx", "dy", "applied_dx", "applied_dy", "residual_dx",
+                "residual_dy", "status", "reason"]:
+        assert col in diag.columns
+    written = pd.read_csv(out / "diagnostics.csv")
+    assert list(written.columns) == list(diag.columns)
+    # the aligned frame: star on the reference pixel, header provenance, background removed
+    with fits.open(out / "f04.fit") as h:
+        hdr, data = h[0].header, h[0].data
+    assert data.dtype == np.dtype(">f4")
+    assert (hdr["XOFFSET"], hdr["YOFFSET"]) == (6.0, 5.0)
+    assert hdr["BKGSUB"] == pytest.approx(100.0, abs=2)
+    assert hdr["FILTER"] == "V" and hdr["SSORDER"] == 0 and hdr["SSMETHOD"] == "box"
+    assert hdr["SSREF"] == "f01.fit" and len(hdr["SSPHASH"]) == 12
+    assert np.unravel_index(np.argmax(data), data.shape) == (60, 80)
+    assert "bias.fit" not in {p.name for p in out.iterdir()}
+
+
+def test_inputs_untouched_and_rerun_byte_identical(small_night, tmp_path):
+    before = {p.name: p.read_bytes() for p in small_night.iterdir()}
+    align(small_night, tmp_path / "a", compose_align(BOX))
+    align(small_night, tmp_path / "b", compose_align(BOX))
+    assert {p.name: p.read_bytes() for p in small_night.iterdir()} == before
+    for p in (tmp_path / "a").iterdir():
+        assert p.read_bytes() == (tmp_path / "b" / p.name).read_bytes()
+
+
+def test_xoffset_accumulates(small_night, tmp_path):
+    with fits.open(small_night / "f02.fit", mode="update") as h:
+        h[0].header["XOFFSET"] = 10.0
+    align(small_night, tmp_path / "o", compose_align(BOX))
+    assert fits.getheader(tmp_path / "o" / "f02.fit")["XOFFSET"] == 13.0
+
+
+def test_bad_frames_and_pre_shift(small_night, tmp_path):
+    cfg = compose_align(BOX + ["bad_frames=[f03.fit]", "pre_shift={f04.fit:[5,4]}"])
+    diag = align(small_night, tmp_path / "o", cfg).set_index(C.FILE)
+    assert diag.loc["f03.fit", C.STATUS] == C.REJECTED
+    assert diag.loc["f03.fit", C.REASON] == "listed in bad_frames"
+    assert not (tmp_path / "o" / "f03.fit").exists()
+    assert (diag.loc["f04.fit", C.PRE_DX], diag.loc["f04.fit", C.PRE_DY]) == (5, 4)
+    assert diag.loc["f04.fit", C.DX] == pytest.approx(6.2, abs=0.05)
+
+
+def test_star_outside_box_fails_that_frame_and_run_goes_on(small_night, tmp_path):
+    # move f03's star far away: the box then holds only noise
+    data = gaussian_frame(stars=((20.0, 20.0, 30000.0),), seed=9)
+    (small_night / "f03.fit").unlink()
+    write_fits(small_night / "f03.fit", data, picttype=1)
+    diag = align(small_night, tmp_path / "o", compose_align(BOX)).set_index(C.FILE)
+    assert diag.loc["f03.fit", C.STATUS] in (C.FAILED, C.REJECTED)
+    assert diag.loc["f03.fit", C.REASON]
+    assert (diag[C.STATUS] == C.KEPT).sum() == 3
+
+
+def test_residual_beyond_limit_is_rejected(small_night, tmp_path):
+    cfg = compose_align(BOX + ["reject.max_residual=0.05"])
+    diag = align(small_night, tmp_path / "o", cfg).set_index(C.FILE)
+    # f02 (3.3, -2.2) is shifted by (3, -2): its new shift of ~0.3 px is beyond 0.05 px
+    assert diag.loc["f02.fit", C.STATUS] == C.REJECTED
+    assert "beyond 0.05 px" in diag.loc["f02.fit", C.REASON]
+
+
+def test_reference_override(small_night, tmp_path):
+    diag = align(small_night, tmp_path / "o", compose_align(
+        ["method=box", "centroid.box_center=[77,62]", "centroid.box_size=21",
+         "reference=f02.fit"])).set_index(C.FILE)
+    # shifts are now onto f02: shift(f) = shift_onto_f01(f) - shift_onto_f01(f02)
+    assert diag.loc["f04.fit", C.DX] == pytest.approx(6.2 - 3.3, abs=0.05)
+    assert diag.loc["f01.fit", C.DY] == pytest.approx(0 + 2.2, abs=0.05)
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_align_prints_seed_table(small_night, tmp_path, capsys):
+    assert main(["-q", "align", str(small_night), str(tmp_path / "o"), *BOX]) == 0
+    out = capsys.readouterr().out
+    assert "new dx" in out and "f04.fit" in out and "4 kept" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["align", "{missing}", "{out}", *BOX], "no such directory"),
+    (["align", "{night}", "{out}", "method=box", "centroid.box_center=[155,60]"], "outside"),
+    (["align", "{night}", "{out}", "centroid.box_sise=3"], "box_sise"),
+    (["align", "{night}", "{out}", "method=box"], "box_center"),
+    (["align", "{night}", "{out}", *BOX, "bad_frames=[nope.fit]"], "nope.fit"),
+    (["align", "{bias_only}", "{out}", *BOX], "no light frame"),
+])
+def test_cli_user_errors_are_one_line_exit_2(small_night, tmp_path, capsys, args, message):
+    bias_only = tmp_path / "bias_only"
+    bias_only.mkdir()
+    write_fits(bias_only / "b.fit", np.zeros((8, 8)), picttype=2)
+    fmt = {"missing": tmp_path / "missing", "out": tmp_path / "o", "night": small_night,
+           "bias_only": bias_only}
+    argv = ["-q"] + [a.format(**{k: str(v) for k, v in fmt.items()}) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("starshift: error:") and message in err
+    assert "\n" not in err and "Traceback" not in err

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import write_fits
+
+from starshift import frames
+from starshift.errors import StarshiftError
+
+
+def test_picttype_selects_light_frames_sorted_by_name(small_night):
+    names = [p.name for p in frames.find_light_frames(small_night)]
+    assert names == ["f01.fit", "f02.fit", "f03.fit", "f04.fit"]
+
+
+def test_imagetyp_fallback_and_no_keyword_means_every_frame(tmp_path):
+    write_fits(tmp_path / "b.fits", np.zeros((4, 4)), imagetyp="LIGHT")
+    write_fits(tmp_path / "a.fts", np.zeros((4, 4)), imagetyp="Dark Frame")
+    write_fits(tmp_path / "c.fit", np.zeros((4, 4)), imagetyp="Light Frame")
+    assert [p.name for p in frames.find_light_frames(tmp_path)] == ["b.fits", "c.fit"]
+    other = tmp_path / "plain"
+    other.mkdir()
+    write_fits(other / "x.fit", np.zeros((4, 4)))
+    write_fits(other / "y.fit", np.zeros((4, 4)))
+    assert [p.name for p in frames.find_light_frames(other)] == ["x.fit", "y.fit"]
+
+
+def test_glob_is_configurable(small_night):
+    write_fits(small_night / "g.fits", np.zeros((4, 4)), picttype=1)
+    assert [p.name for p in frames.find_light_frames(small_night, "*.fits")] == ["g.fits"]
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda d: d / "missing", "no such directory"),
+    (lambda d: d, "no files matching"),
+])
+def test_discovery_errors_are_one_line(tmp_path, setup, message):
+    with pytest.raises(StarshiftError, match=message) as info:
+        frames.find_light_frames(setup(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_no_light_frames(tmp_path):
+    write_fits(tmp_path / "bias.fit", np.zeros((4, 4)), picttype=2)
+    with pytest.raises(StarshiftError, match="no light frame"):
+        frames.find_light_frames(tmp_path)
+
+
+def test_corrupt_fits_names_the_file(tmp_path):
+    (tmp_path / "bad.fit").write_bytes(b"SIMPLE  =  this is not a FITS file" * 10)
+    with pytest.raises(StarshiftError, match="bad.fit"):
+        frames.read_frame(tmp_path / "bad.fit")
+
+
+def test_integer_frames_with_bzero_and_missing_bunit(tmp_path):
+    raw = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
+    fits.PrimaryHDU(raw).writeto(tmp_path / "u16.fit")  # astropy stores uint16 via BZERO=32768
+    assert "BZERO" in fits.getheader(tmp_path / "u16.fit")
+    data, header = frames.read_frame(tmp_path / "u16.fit")
+    assert data.dtype == np.float64
+    np.testing.assert_array_equal(data, raw.astype(float))
+    assert header["BUNIT"] == "adu"
+    assert "BZERO" not in header
+
+
+def test_write_frame_float32_keeps_header_and_is_atomic(tmp_path):
+    hdr = fits.Header({"FILTER": "V", "EXPTIME": 30.0})
+    out = tmp_path / "sub" / "o.fit"
+    frames.write_frame(out, np.arange(12.0).reshape(3, 4), hdr)
+    with fits.open(out) as h:
+        assert h[0].data.dtype == np.dtype(">f4")
+        assert h[0].header["FILTER"] == "V"
+    assert [p.name for p in out.parent.iterdir()] == ["o.fit"]  # no temp files left
+    first = out.read_bytes()
+    frames.write_frame(out, np.arange(12.0).reshape(3, 4), hdr)
+    assert out.read_bytes() == first
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    out = tmp_path / "t.csv"
+
+    class Boom(Exception):
+        pass
+
+    def writer(tmp):
+        open(tmp, "w").write("half")
+        raise Boom
+
+    with pytest.raises(Boom):
+        frames._atomic(out, writer)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_params_hash_is_stable_and_order_free():
+    assert frames.params_hash({"a": 1, "b": [1, 2]}) == frames.params_hash({"b": [1, 2], "a": 1})
+    assert len(frames.params_hash({})) == 12

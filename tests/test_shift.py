@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from conftest import gaussian_frame
+from scipy import ndimage
+
+from starshift.centroid import CentroidFailed, box_centroid, box_slices
+from starshift.errors import StarshiftError
+from starshift.shift import apply_shift, subtract_background
+
+
+def test_sign_convention_shift_moves_frame_onto_reference():
+    # the star is at (80, 60) in the reference and at (77, 62) in the frame, so the shift
+    # onto the reference is reference - frame = (+3, -2), x first
+    frame = gaussian_frame(stars=((77.0, 62.0, 20000.0),), noise=0)
+    x, y = box_centroid(frame, (78, 61), 21)
+    dx, dy = 80.0 - x, 60.0 - y
+    assert (dx, dy) == pytest.approx((3.0, -2.0), abs=0.01)
+    moved = apply_shift(frame, dx, dy, order=0)
+    assert box_centroid(moved, (80, 60), 21) == pytest.approx((80.0, 60.0), abs=0.01)
+    assert np.unravel_index(np.argmax(moved), moved.shape) == (60, 80)  # numpy is (y, x)
+
+
+def test_order0_preserves_pixel_values_exactly():
+    data = np.random.default_rng(3).normal(100, 10, (50, 70)).astype(np.float32)
+    out = apply_shift(data, 4.4, -2.6, order=0, fill="median")
+    # round(4.4) = 4 moves the data right, round(-2.6) = -3 moves it up (towards row 0)
+    np.testing.assert_array_equal(out[:-3, 4:], data[3:, :-4])
+    inner = out[:-3, 4:]
+    assert set(np.unique(inner)).issubset(set(np.unique(data)))
+    assert out.dtype == np.float32
+
+
+def test_order0_matches_scipy_and_fills_with_median():
+    data = np.random.default_rng(4).normal(size=(40, 30))
+    out = apply_shift(data, -5, 7, order=0, fill="median")
+    ref = ndimage.shift(data, (7, -5), order=0, mode="constant", cval=np.median(data))
+    np.testing.assert_array_equal(out, ref)
+    assert np.all(out[:7] == np.median(data))
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_interpolating_orders_change_values_but_keep_positions(order):
+    frame = gaussian_frame(stars=((60.3, 50.7, 20000.0),), noise=0)
+    out = apply_shift(frame, 0.5, -0.4, order=order)
+    assert not np.array_equal(out, frame)
+    assert box_centroid(out, (61, 50), 15) == pytest.approx((60.8, 50.3), abs=0.05)
+
+
+def test_fill_options():
+    data = np.ones((10, 10))
+    assert np.isnan(apply_shift(data, 2, 0, fill="nan")[:, :2]).all()
+    assert (apply_shift(data, 2, 0, fill="zero")[:, :2] == 0).all()
+    assert (apply_shift(data, 2, 0, fill=-5)[:, :2] == -5).all()
+    with pytest.raises(ValueError):
+        apply_shift(data, 1, 1, fill="bogus")
+    with pytest.raises(ValueError):
+        apply_shift(data, 1, 1, order=2)
+
+
+def test_shift_beyond_frame_is_all_fill():
+    data = np.arange(20.0).reshape(4, 5)
+    assert np.all(apply_shift(data, 9, 0, fill=-1) == -1)
+
+
+def test_subtract_background():
+    data = np.array([[1.0, 2.0], [3.0, 10.0]])
+    out, bkg = subtract_background(data)
+    assert bkg == 2.5
+    np.testing.assert_array_equal(out, data - 2.5)
+
+
+def test_box_centroid_subpixel_and_even_box():
+    frame = gaussian_frame(stars=((70.37, 44.81, 30000.0),), noise=2, seed=5)
+    for size in (24, 25, 30):
+        assert box_centroid(frame, (70, 45), size) == pytest.approx((70.37, 44.81), abs=0.05)
+
+
+def test_box_centroid_failures():
+    flat = np.full((60, 60), 7.0)
+    with pytest.raises(CentroidFailed):
+        box_centroid(flat, (30, 30), 15)
+    with pytest.raises(StarshiftError, match="outside"):
+        box_slices((60, 60), (55, 30), 15)
+    with pytest.raises(StarshiftError, match="at least"):
+        box_slices((60, 60), (30, 30), 3)
