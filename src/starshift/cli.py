@@ -58,6 +58,31 @@ def _cmd_align(args) -> int:
     return 0
 
 
+def _cmd_compose(args) -> int:
+    from .pipeline import compose
+
+    ok = compose(args.out, args.conf, args.overrides, check=args.check)
+    if args.check and not ok:
+        raise StarshiftError(f"{args.out} is out of step with {args.conf}/; run 'starshift compose'"
+                             " and commit it")
+    if args.check:
+        print(f"{args.out} is in step with {args.conf}/")
+    return 0
+
+
+def _cmd_stage(args) -> int:
+    from .pipeline import run_stage
+
+    run_stage(args.stage, args.night, args.params, progress=not args.quiet)
+    return 0
+
+
+def _cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    return run_sweep(args.hydra_args, conf_dir=args.conf)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="starshift",
@@ -85,6 +110,37 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("output_dir", type=Path, help="where aligned frames and diagnostics.csv go")
     a.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     a.set_defaults(func=_cmd_align)
+
+    c = sub.add_parser("compose", help="write params.yaml from conf/ (the DVC pipeline's params)",
+                       description="Compose conf/config.yaml (Hydra) into params.yaml, exactly as "
+                                   "DVC's Hydra integration does, after validating it against "
+                                   "the schema. --check only compares (exit 2 when out of step).")
+    c.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides")
+    c.add_argument("--conf", default="conf", help="config directory (default conf)")
+    c.add_argument("--out", default="params.yaml", help="output file (default params.yaml)")
+    c.add_argument("--check", action="store_true", help="fail if params.yaml is out of step")
+    c.set_defaults(func=_cmd_compose)
+
+    st = sub.add_parser("stage", help="run one DVC pipeline stage (used by dvc.yaml)",
+                        description="Run one stage of the DVC pipeline for one night, reading "
+                                    "params.yaml: centroid -> shift -> reject -> report; summary.")
+    st.add_argument("stage", choices=["centroid", "shift", "reject", "report", "summary"])
+    st.add_argument("night", nargs="?", help="night name (a key of nights: in params.yaml)")
+    st.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    st.set_defaults(func=_cmd_stage)
+
+    sw = sub.add_parser("sweep", help="Hydra (multi)run of one night, e.g. over the box size",
+                        description="Run one night with Hydra, from conf/sweep.yaml. With -m, a "
+                                    "multirun: each job goes to sweeps/<night>/<time>/<job>/, "
+                                    "never into DVC outputs, and a sweep summary (table + plot) "
+                                    "is written to the sweep directory.",
+                        epilog="example: starshift sweep -m night=march_09_2018 "
+                               "centroid.box_size=15,20,25,30\n"
+                               "parallel: add hydra/launcher=joblib",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("--conf", default="conf", help="config directory (default conf)")
+    sw.add_argument("hydra_args", nargs=argparse.REMAINDER, help="Hydra arguments and overrides")
+    sw.set_defaults(func=_cmd_sweep)
     return p
 
 

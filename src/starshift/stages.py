@@ -263,8 +263,11 @@ def finish(rows: list[dict]) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- whole runs
 def align(input_dir: str | Path, output_dir: str | Path, cfg: DictConfig,
-          progress: bool = False) -> pd.DataFrame:
-    """``starshift align``: measure, shift, decide; write kept frames and diagnostics.csv."""
+          progress: bool = False, write_frames: bool = True) -> pd.DataFrame:
+    """``starshift align``: measure, shift, decide; write kept frames and diagnostics.csv.
+
+    With ``write_frames=False`` only diagnostics.csv is written (sweeps).
+    """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if output_dir.resolve() == input_dir.resolve():
         raise StarshiftError(f"{output_dir}: output directory must differ from the input "
@@ -273,9 +276,9 @@ def align(input_dir: str | Path, output_dir: str | Path, cfg: DictConfig,
     rows = []
     for row, data, hdr in iter_shifted(input_dir, table, cfg, progress):
         row[C.STATUS], row[C.REASON] = decide(row, cfg)
-        if row[C.STATUS] == C.KEPT:
+        if row[C.STATUS] == C.KEPT and write_frames:
             io.write_frame(output_dir / row[C.FILE], data, hdr)
-        else:
+        elif row[C.STATUS] != C.KEPT:
             stale = output_dir / row[C.FILE]
             if stale.exists():  # a previous run kept it; this one does not
                 stale.unlink()

@@ -43,3 +43,19 @@ def seed_table(diag: pd.DataFrame, max_residual: float = 0.5) -> str:
     lines.append(f"{len(diag)} frames: " + ", ".join(
         f"{int(counts.get(s, 0))} {s}" for s in C.STATUSES))
     return "\n".join(lines)
+
+
+def markdown_table(df: pd.DataFrame, float_format: str = "{:.3f}") -> str:
+    """A GitHub-flavoured markdown table (NaN as '-'), deterministic text."""
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "-" if math.isnan(v) else float_format.format(v)
+        if v is None or (not isinstance(v, str) and pd.isna(v)):
+            return "-"
+        return str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in df.itertuples(index=False, name=None)]
+    return "\n".join([head, rule, *body])

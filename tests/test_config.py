@@ -1,0 +1,105 @@
+"""Config composition and validation, the params.yaml sync check, dvc.yaml consistency."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from starshift.config import compose_align, load_params, night_config, validate_pipeline
+from starshift.errors import StarshiftError
+from starshift.pipeline import compose, compose_params_text
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def test_align_defaults_and_documented_overrides():
+    cfg = compose_align([])
+    assert cfg.method == "auto" and cfg.reference is None and cfg.shift.order == 0
+    assert cfg.reject.max_residual == 0.5
+    cfg = compose_align([
+        "method=box", "centroid.box_center=[676,333]", "centroid.box_size=25",
+        "pre_shift={NGC_3201_B_60.000secs_00001613.fit:[-3,5],NGC_3201_B_60.000secs_00001644"
+        ".fit:[-17,12]}", "bad_frames=[NGC_3201_V_60.000secs_00001596.fit]",
+        "reference=NGC_3201_B_60.000secs_00001604.fit"])
+    assert list(cfg.centroid.box_center) == [676, 333] and cfg.centroid.box_size == 25
+    assert list(cfg.pre_shift["NGC_3201_B_60.000secs_00001644.fit"]) == [-17, 12]
+    assert list(cfg.bad_frames) == ["NGC_3201_V_60.000secs_00001596.fit"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("centroid.box_sise=3", "box_sise"),
+    ("centroid.box_size=abc", "box_size"),
+    ("shift.order=2", "shift.order"),
+    ("method=magic", "method"),
+    ("pre_shift={a.fit:[1,2,3]}", "pre_shift"),
+])
+def test_align_config_errors_are_one_clear_line(override, message):
+    with pytest.raises(StarshiftError, match=message) as info:
+        compose_align([override])
+    assert "\n" not in str(info.value)
+
+
+def test_pipeline_composes_all_nights_with_seed_settings():
+    cfg = validate_pipeline(yaml.safe_load(compose_params_text(CONF)))
+    assert set(cfg.nights) == {"march_29_2018", "april_30_2018", "march_09_2018",
+                               "drift_lowsnr", "crowded_jumps"}
+    m29 = night_config(cfg, "march_29_2018")
+    assert list(m29.centroid.box_center) == [560, 426] and m29.centroid.box_size == 30
+    m09 = night_config(cfg, "march_09_2018")
+    assert m09.method == "box" and m09.centroid.box_size == 25
+    assert list(m09.pre_shift["NGC_3201_B_60.000secs_00001613.fit"]) == [-3, 5]
+    assert list(m09.bad_frames) == ["NGC_3201_V_60.000secs_00001596.fit"]
+    assert night_config(cfg, "drift_lowsnr").method == "auto"
+
+
+def test_top_level_box_size_overrides_every_night():
+    text = compose_params_text(CONF, ["centroid.box_size=15"])
+    cfg = validate_pipeline(yaml.safe_load(text))
+    assert night_config(cfg, "march_29_2018").centroid.box_size == 15
+    text = compose_params_text(CONF, ["nights.march_09_2018.centroid.box_size=31"])
+    cfg = validate_pipeline(yaml.safe_load(text))
+    assert night_config(cfg, "march_09_2018").centroid.box_size == 31
+    assert night_config(cfg, "april_30_2018").centroid.box_size == 25
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nights.march_09_2018.centroid.box_sise=3", "box_sise"),
+    ("shift.order=five", "order"),
+])
+def test_pipeline_config_errors(override, message):
+    with pytest.raises(StarshiftError, match=message):
+        compose_params_text(CONF, [override])
+
+
+def test_unknown_night_is_a_clear_error():
+    cfg = load_params(ROOT / "params.yaml")
+    with pytest.raises(StarshiftError, match="not configured"):
+        night_config(cfg, "june_01_2019")
+
+
+def test_committed_params_yaml_is_in_step_with_conf():
+    assert compose(ROOT / "params.yaml", CONF, check=True), "run 'starshift compose'"
+
+
+def test_compose_writes_what_dvc_hydra_integration_writes(tmp_path):
+    """DVC's `exp run` composes conf/ itself; both must give the same params.yaml."""
+    from dvc.utils.hydra import compose_and_dump
+
+    ours = tmp_path / "ours.yaml"
+    compose(ours, CONF)
+    theirs = tmp_path / "dvc.yaml"
+    compose_and_dump(theirs, str(CONF), None, "config", str(tmp_path), [])
+    assert ours.read_text() == theirs.read_text()
+    text = ours.read_text()
+    assert str(Path.home()) not in text and "${" not in text
+
+
+def test_dvc_yaml_lists_every_night_in_summary_and_plots():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    nights = set(yaml.safe_load((ROOT / "params.yaml").read_text())["nights"])
+    summary_deps = {Path(d).parent.name for d in dvc["stages"]["summary"]["deps"]
+                    if d.endswith("metrics.json")}
+    plot_files = {Path(next(iter(p))).parent.name for p in dvc["plots"]}
+    assert summary_deps == nights
+    assert plot_files == nights
