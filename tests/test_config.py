@@ -103,3 +103,12 @@ def test_dvc_yaml_lists_every_night_in_summary_and_plots():
     plot_files = {Path(next(iter(p))).parent.name for p in dvc["plots"]}
     assert summary_deps == nights
     assert plot_files == nights
+
+
+def test_conf_auto_defaults_equal_the_code_defaults():
+    import dataclasses
+
+    from starshift.register import AutoParams
+
+    conf = yaml.safe_load((CONF / "auto" / "default.yaml").read_text())
+    assert conf == {f.name: f.default for f in dataclasses.fields(AutoParams)}

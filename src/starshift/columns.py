@@ -26,6 +26,9 @@ APPLIED_DY = "applied_dy"
 RESIDUAL_DX = "residual_dx"
 RESIDUAL_DY = "residual_dy"
 BKGSUB = "bkgsub"
+# star shapes in the aligned frame (median over the reference's isolated stars)
+FWHM = "fwhm"
+ELONGATION = "elongation"
 STATUS = "status"
 REASON = "reason"
 # truth (sample nights only)
@@ -42,5 +45,5 @@ STATUSES = (KEPT, REJECTED, FAILED)
 
 DIAGNOSTICS = [
     FILE, FILTER, EXPTIME, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, PRE_DX, PRE_DY,
-    APPLIED_DX, APPLIED_DY, RESIDUAL_DX, RESIDUAL_DY, BKGSUB, STATUS, REASON,
+    APPLIED_DX, APPLIED_DY, RESIDUAL_DX, RESIDUAL_DY, BKGSUB, FWHM, ELONGATION, STATUS, REASON,
 ]

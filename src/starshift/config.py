@@ -55,19 +55,35 @@ class ShiftConfig:
 
 @dataclass
 class RejectConfig:
-    """Frame rejection: residual ("new shift") limit on either axis, pixels."""
+    """Frame rejection rules.
+
+    ``max_residual``: limit on the re-measured "new shift" on either axis, px (the seed's check).
+    ``max_elongation``: stars' median 1 - b/a above this = trailed/doubled frame (null: off).
+    ``max_fwhm_ratio``: stars' median FWHM above this times the night's median (null: off).
+    """
 
     max_residual: float = 0.5
+    max_elongation: float | None = 0.4
+    max_fwhm_ratio: float | None = 1.75
 
 
-@dataclass
-class AutoConfig:
-    """Parameters of the automatic aligner (:func:`starshift.register.estimate_shift`)."""
+def _auto_config_class():
+    """:class:`AutoConfig` mirrors :class:`starshift.register.AutoParams` field for field, so the
+    aligner's keyword parameters are defined once (in register.py) and typed here for Hydra."""
+    import dataclasses
 
-    max_shift_fraction: float = 0.4
-    n_stars: int = 25
-    highpass_sigma: float = 8.0
-    detect_sigma: float = 5.0
+    from .register import AutoParams
+
+    types = {"float": float, "int": int, "bool": bool, "str": str}
+    fields = [(f.name, types.get(f.type, f.type) if isinstance(f.type, str) else f.type,
+               dataclasses.field(default=f.default)) for f in dataclasses.fields(AutoParams)]
+    cls = dataclasses.make_dataclass("AutoConfig", fields)
+    cls.__doc__ = "Parameters of the automatic aligner (see starshift.register.AutoParams)."
+    cls.__module__ = __name__
+    return cls
+
+
+AutoConfig = _auto_config_class()
 
 
 @dataclass
@@ -204,6 +220,10 @@ def check_align(cfg: DictConfig) -> None:
         raise StarshiftError(f"shift.fill={cfg.shift.fill}: use median, nan, zero or a number")
     if cfg.reject.max_residual <= 0:
         raise StarshiftError("reject.max_residual must be positive")
+    if cfg.reject.max_elongation is not None and not 0 < cfg.reject.max_elongation < 1:
+        raise StarshiftError("reject.max_elongation: a number between 0 and 1, or null (off)")
+    if cfg.reject.max_fwhm_ratio is not None and cfg.reject.max_fwhm_ratio <= 1:
+        raise StarshiftError("reject.max_fwhm_ratio: a number above 1, or null (off)")
     for name, value in cfg.pre_shift.items():
         if len(value) != 2:
             raise StarshiftError(f"pre_shift.{name}: give two whole numbers, [dx,dy]")

@@ -26,6 +26,7 @@ from . import frames as io
 from .centroid import CentroidFailed, box_centroid
 from .config import to_plain
 from .errors import StarshiftError
+from .quality import shape_rejection, star_shapes
 from .shift import apply_shift, subtract_background
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Reference:
     data: np.ndarray
     position: tuple[float, float] | None  # the box star in the reference (box method / report)
     prepared: object | None = None  # register.PreparedReference (auto method)
+    stars: np.ndarray | None = None  # isolated stars (x, y) for the shape metrics
 
 
 def _pre(cfg: DictConfig, name: str) -> tuple[int, int]:
@@ -93,12 +95,11 @@ def load_reference(path: Path, cfg: DictConfig) -> Reference:
                 raise StarshiftError(
                     f"{path}: no star in the search box of the reference frame ({exc}); "
                     "check centroid.box_center/box_size or choose another reference") from exc
-    prepared = None
-    if cfg.method == "auto":
-        from .register import prepare_reference
+    from .register import prepare_reference
 
-        prepared = prepare_reference(data, **_auto_params(cfg))
-    return Reference(path.name, data, position, prepared)
+    prepared = prepare_reference(data, **_auto_params(cfg))
+    stars = np.asarray(prepared.star_positions, dtype=float).reshape(-1, 2)
+    return Reference(path.name, data, position, prepared if cfg.method == "auto" else None, stars)
 
 
 # --------------------------------------------------------------------------- measure
@@ -204,6 +205,8 @@ def shift_frame(data: np.ndarray, header, row, ref: Reference, cfg: DictConfig, 
     adx, ady = applied_shift(row, cfg.shift.order)
     shifted = apply_shift(data, adx, ady, order=cfg.shift.order, fill=cfg.shift.fill)
     rdx, rdy, why = residual(shifted, ref, cfg)
+    fwhm, elong, _ = star_shapes(shifted, ref.stars) if ref.stars is not None and len(
+        ref.stars) else (np.nan, np.nan, 0)
     bkg = 0.0
     if cfg.shift.subtract_background:
         shifted, bkg = subtract_background(shifted)
@@ -216,12 +219,12 @@ def shift_frame(data: np.ndarray, header, row, ref: Reference, cfg: DictConfig, 
     hdr["SSREF"] = (ref.name, "starshift reference frame")
     hdr["SSPHASH"] = (phash, "starshift parameters hash")
     update = {C.APPLIED_DX: adx, C.APPLIED_DY: ady, C.RESIDUAL_DX: rdx, C.RESIDUAL_DY: rdy,
-              C.BKGSUB: bkg, "remeasure": why}
+              C.BKGSUB: bkg, C.FWHM: fwhm, C.ELONGATION: elong, "remeasure": why}
     return shifted, hdr, update
 
 
-def decide(row, cfg: DictConfig) -> tuple[str, str]:
-    """Status and reason of one frame after shifting."""
+def decide(row, cfg: DictConfig, night_fwhm: float | None = None) -> tuple[str, str]:
+    """Status and reason of one frame after shifting (``night_fwhm``: the night's median)."""
     if row[C.STATUS] == C.FAILED:
         return C.FAILED, row[C.REASON]
     if row[C.FILE] in set(cfg.bad_frames):
@@ -233,7 +236,26 @@ def decide(row, cfg: DictConfig) -> tuple[str, str]:
     rdx, rdy = float(row[C.RESIDUAL_DX]), float(row[C.RESIDUAL_DY])
     if abs(rdx) > lim or abs(rdy) > lim:
         return C.REJECTED, f"new shift ({rdx:+.2f}, {rdy:+.2f}) px beyond {lim:g} px"
+    shape = shape_rejection(float(row.get(C.FWHM, np.nan)), float(row.get(C.ELONGATION, np.nan)),
+                            night_fwhm, cfg.reject.max_elongation, cfg.reject.max_fwhm_ratio)
+    if shape:
+        return C.REJECTED, shape
     return C.KEPT, ""
+
+
+def night_fwhm(rows: list[dict]) -> float | None:
+    """The night's median FWHM over frames that were shifted (None when unknown)."""
+    v = np.array([float(r.get(C.FWHM, np.nan)) for r in rows if r[C.STATUS] != C.FAILED])
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def decide_night(rows: list[dict], cfg: DictConfig) -> list[dict]:
+    """Set status and reason of every frame of a night (rules needing the whole night too)."""
+    fwhm = night_fwhm(rows)
+    for row in rows:
+        row[C.STATUS], row[C.REASON] = decide(row, cfg, fwhm)
+    return rows
 
 
 def iter_shifted(input_dir: str | Path, table: pd.DataFrame, cfg: DictConfig,
@@ -275,14 +297,15 @@ def align(input_dir: str | Path, output_dir: str | Path, cfg: DictConfig,
     table, _ = measure(input_dir, cfg, progress)
     rows = []
     for row, data, hdr in iter_shifted(input_dir, table, cfg, progress):
-        row[C.STATUS], row[C.REASON] = decide(row, cfg)
-        if row[C.STATUS] == C.KEPT and write_frames:
+        status, _ = decide(row, cfg)  # per-frame rules now; night-level ones below
+        if status == C.KEPT and write_frames:
             io.write_frame(output_dir / row[C.FILE], data, hdr)
-        elif row[C.STATUS] != C.KEPT:
-            stale = output_dir / row[C.FILE]
-            if stale.exists():  # a previous run kept it; this one does not
-                stale.unlink()
         rows.append(row)
+    decide_night(rows, cfg)
+    for row in rows:
+        stale = output_dir / row[C.FILE]
+        if row[C.STATUS] != C.KEPT and stale.exists():  # night rule, or an earlier run
+            stale.unlink()
     diag = finish(rows)
     io.write_table(diag, output_dir / "diagnostics.csv")
     return diag
@@ -316,14 +339,13 @@ def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.Da
     table = io.read_table(residuals_table)
     out_dir = Path(out_dir)
     _clear_dir(out_dir)
-    rows = []
-    for row in table.to_dict("records"):
+    rows = table.to_dict("records")
+    for row in rows:
         row["remeasure"] = "" if pd.isna(row.get("remeasure")) else row.get("remeasure")
         row[C.REASON] = "" if pd.isna(row.get(C.REASON)) else row[C.REASON]
-        row[C.STATUS], row[C.REASON] = decide(row, cfg)
+    for row in decide_night(rows, cfg):
         if row[C.STATUS] == C.KEPT:
             io.copy_file(Path(shifted_dir) / row[C.FILE], out_dir / row[C.FILE])
-        rows.append(row)
     diag = finish(rows)
     io.write_table(diag, out_table)
     return diag

@@ -94,6 +94,9 @@ class SweepSummary(_Callback):
     """Hydra callback: after a multirun, summarise its jobs in the sweep directory."""
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # the sweep dir interpolates hydra:runtime
         summarise_sweep(config.hydra.sweep.dir)
 
 

@@ -1,0 +1,127 @@
+"""Stage functions on a small night, the DVC graph's param wiring, and the Hydra sweep."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import NIGHT_SHIFTS, gaussian_frame, write_fits
+
+from starshift import columns as C
+from starshift.config import compose_align
+from starshift.quality import star_shapes
+from starshift.stages import stage_measure, stage_reject, stage_shift
+
+ROOT = Path(__file__).resolve().parents[1]
+BOX = ["method=box", "centroid.box_center=[80,60]", "centroid.box_size=21"]
+
+
+def test_stages_chain_and_never_edit_each_others_outputs(small_night, tmp_path):
+    cfg = compose_align(BOX + ["bad_frames=[f03.fit]"])
+    w = tmp_path / "work"
+    shifts = stage_measure(small_night, w / "shifts.csv", cfg)
+    assert list(shifts[C.FILE]) == list(NIGHT_SHIFTS)
+    stage_shift(small_night, w / "shifts.csv", w / "shifted", w / "residuals.csv", cfg)
+    shifted_before = {p.name: p.read_bytes() for p in (w / "shifted").iterdir()}
+    assert set(shifted_before) == set(NIGHT_SHIFTS)  # the shift stage keeps every frame
+    diag = stage_reject(w / "shifted", w / "residuals.csv", w / "accepted",
+                        w / "diagnostics.csv", cfg)
+    assert {p.name: p.read_bytes() for p in (w / "shifted").iterdir()} == shifted_before
+    assert sorted(p.name for p in (w / "accepted").iterdir()) == ["f01.fit", "f02.fit",
+                                                                  "f04.fit"]
+    assert dict(zip(diag[C.FILE], diag[C.STATUS], strict=True)) == {
+        "f01.fit": C.KEPT, "f02.fit": C.KEPT, "f03.fit": C.REJECTED, "f04.fit": C.KEPT}
+    for name in ("f01.fit", "f04.fit"):  # accepted = byte copies of the shifted frames
+        assert (w / "accepted" / name).read_bytes() == shifted_before[name]
+
+
+def test_star_shapes_catch_a_doubled_frame():
+    stars = [(40.0 + 30 * i, 40.0 + 20 * (i % 3), 20000.0) for i in range(5)]
+    round_frame = gaussian_frame(shape=(140, 200), stars=stars, seed=1)
+    doubled = gaussian_frame(shape=(140, 200), stars=[(x, y, f / 2) for x, y, f in stars]
+                             + [(x + 7, y + 5, f / 2) for x, y, f in stars], seed=1)
+    pos = np.array([(x, y) for x, y, _ in stars])
+    fwhm, elong, n = star_shapes(round_frame, pos)
+    assert n == 5 and fwhm == pytest.approx(4.0, abs=0.3) and elong < 0.1
+    fwhm2, elong2, _ = star_shapes(doubled, pos)
+    assert elong2 > 0.5 and fwhm2 > 1.75 * fwhm
+
+
+def test_tracking_jump_frame_is_rejected_automatically(small_night, tmp_path):
+    # spoil f03: half the exposure at its position, half 8 px away (a tracking jump)
+    x, y = 80.0 + 4.1, 60.0 - 1.6
+    data = gaussian_frame(stars=((x, y, 15000.0), (x - 45, y + 30, 4000.0),
+                                 (x + 8, y + 3, 15000.0), (x - 37, y + 33, 4000.0)), seed=3)
+    (small_night / "f03.fit").unlink()
+    write_fits(small_night / "f03.fit", data, picttype=1)
+    from starshift.stages import align
+
+    diag = align(small_night, tmp_path / "o", compose_align([])).set_index(C.FILE)
+    # rejected without any hand-made list (with two stars the re-measure may already disagree)
+    assert diag.loc["f03.fit", C.STATUS] == C.REJECTED
+    assert diag.loc["f03.fit", C.ELONGATION] > 0.4
+    assert (diag[C.STATUS] == C.KEPT).sum() == 3
+
+
+# --------------------------------------------------------------------------- DVC wiring
+def _dvc_stages():
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        stages = list(repo.index.stages)
+        graph = repo.index.graph
+        params = {s.addressing: [k for dep in s.deps if hasattr(dep, "params")
+                                 for k in dep.params] for s in stages}
+        import networkx as nx
+
+        downstream = {s.addressing: {d.addressing for d in nx.ancestors(graph, s)}
+                      for s in stages}
+    return params, downstream
+
+
+def _reads(keys, changed):
+    return any(changed == k or changed.startswith(k + ".") for k in keys)
+
+
+def test_one_nights_box_size_reruns_only_that_night_and_the_summary():
+    params, downstream = _dvc_stages()
+    changed = "nights.march_09_2018.centroid.box_size"
+    direct = {name for name, keys in params.items() if _reads(keys, changed)}
+    assert "centroid@march_09_2018" in direct
+    rerun = set(direct)
+    for name in direct:
+        rerun |= downstream[name]
+    assert rerun == {"centroid@march_09_2018", "shift@march_09_2018", "reject@march_09_2018",
+                     "report@march_09_2018", "summary"}
+
+
+def test_shared_setting_reruns_every_night_but_not_the_sample():
+    params, downstream = _dvc_stages()
+    direct = {name for name, keys in params.items() if _reads(keys, "shift.order")}
+    assert {n.split("@")[0] for n in direct} == {"shift"} and len(direct) == 5
+    assert not any(_reads(keys, "shift.order") for n, keys in params.items() if n == "sample")
+
+
+# --------------------------------------------------------------------------- sweep
+def test_sweep_multirun_writes_jobs_and_summary(small_night, tmp_path, monkeypatch):
+    from starshift.sweep import run_sweep
+
+    conf = tmp_path / "conf"
+    shutil.copytree(ROOT / "conf", conf)
+    (conf / "night" / "tiny.yaml").write_text(
+        f"input_dir: {small_night}\nmethod: box\ncentroid:\n  box_center: [80, 60]\n"
+        "  box_size: 21\n")
+    monkeypatch.chdir(tmp_path)
+    rc = run_sweep(["-m", "night=tiny", "centroid.box_size=9,21"], conf_dir=conf)
+    assert rc == 0
+    [sweep_dir] = list((tmp_path / "sweeps" / "tiny").iterdir())
+    jobs = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))
+    assert len(jobs) == 2
+    summary = pd.read_csv(sweep_dir / "sweep_summary.csv")
+    assert sorted(summary["box_size"]) == [9, 21]
+    assert (sweep_dir / "sweep_summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m21 = json.loads(next(sweep_dir.glob("*box_size=21*/metrics.json")).read_text())
+    assert m21["kept"] == 4 and m21["failed"] == 0
+    assert not list(sweep_dir.glob("*/*.fit"))  # frames are not written by default
