@@ -1,0 +1,351 @@
+"""Tests of the automatic shift estimator (starshift.register) on small synthetic frames.
+
+Convention pinned here: a shift (dx, dy) is ``reference - frame``. A sky point at reference
+pixel (xr, yr) appears in the moving frame at (xr - dx, yr - dy). So a frame whose content is
+moved by +3 px in x (a star at x = 100 in the reference is at x = 103 in the frame) has
+dx = -3, and ``apply_shift(frame, dx, dy)`` moves it back onto the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+from starshift.register import (
+    AutoParams,
+    PreparedReference,
+    ShiftEstimate,
+    choose_reference,
+    estimate_shift,
+    prepare_reference,
+)
+from starshift.shift import apply_shift
+
+SHAPE = (200, 300)  # numpy (ny, nx)
+
+
+# --------------------------------------------------------------------------- synthetic sky
+def sky_field(n, seed, shape=SHAPE, margin=120, flux=(3e3, 2e5), cluster=0):
+    """Star positions on the sky (x, y in reference pixels) and total fluxes; ``cluster`` extra
+    stars are packed around the frame centre."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    x = rng.uniform(-margin, nx + margin, n)
+    y = rng.uniform(-margin, ny + margin, n)
+    f = flux[0] * (flux[1] / flux[0]) ** rng.uniform(0, 1, n) ** 2
+    if cluster:
+        r = 25 * np.sqrt(rng.uniform(0, 1, cluster) / (1 - 0.9 * rng.uniform(0, 1, cluster)))
+        t = rng.uniform(0, 2 * np.pi, cluster)
+        x = np.concatenate([x, nx / 2 + r * np.cos(t)])
+        y = np.concatenate([y, ny / 2 + r * np.sin(t)])
+        f = np.concatenate([f, flux[0] * (flux[1] / flux[0]) ** rng.uniform(0, 1, cluster) ** 2])
+    return x, y, f
+
+
+def render(field, dx=0.0, dy=0.0, shape=SHAPE, fwhm=3.2, sky=200.0, noise=6.0, seed=0,
+           gain=2.0, saturation=None, pattern=None, cosmics=0):
+    """A frame in which a sky point at reference pixel (xr, yr) lands at (xr - dx, yr - dy).
+
+    Gaussian stars integrated over the pixels, sky, Poisson and read noise, an optional fixed
+    detector ``pattern`` (added as is), cosmic rays and saturation."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    xs, ys, fl = field
+    xs, ys = xs - dx, ys - dy
+    s = np.sqrt(2) * fwhm / 2.3548
+    img = np.zeros(shape)
+    r = int(3 * fwhm) + 2
+    for x, y, f in zip(xs, ys, fl, strict=True):
+        ix, iy = int(round(x)), int(round(y))
+        x0, x1, y0, y1 = max(ix - r, 0), min(ix + r + 1, nx), max(iy - r, 0), min(iy + r + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        px = np.arange(x0, x1)
+        py = np.arange(y0, y1)
+        gx = 0.5 * (erf((px + 0.5 - x) / s) - erf((px - 0.5 - x) / s))
+        gy = 0.5 * (erf((py + 0.5 - y) / s) - erf((py - 0.5 - y) / s))
+        img[y0:y1, x0:x1] += f * np.outer(gy, gx)
+    img = rng.poisson(np.clip(img + sky, 0, None) * gain) / gain + rng.normal(0, noise, shape)
+    if pattern is not None:
+        img += pattern
+    for _ in range(cosmics):
+        y, x = rng.integers(1, ny - 2), rng.integers(1, nx - 2)
+        img[y, x] += rng.uniform(500, 5e4)
+        if rng.uniform() < 0.5:
+            img[y + 1, x + rng.integers(-1, 2)] += rng.uniform(500, 5e4)
+    if saturation is not None:
+        img = np.minimum(img, saturation)
+    return img
+
+
+def fixed_pattern(seed=7, shape=SHAPE, banding=25.0, columns=15.0, hot=150):
+    """What does not move with the sky: row banding, column offsets, a gradient with a corner
+    glow, and hot pixels (single pixels, pairs and L-shaped clusters)."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    pat = (rng.normal(0, banding, (ny, 1)) + rng.normal(0, columns, (1, nx))
+           + 0.3 * xx - 0.2 * yy + 400 * np.exp(-((xx - nx) ** 2 + yy**2) / (2 * 30.0**2)))
+    for _ in range(hot):
+        y, x = rng.integers(1, ny - 1), rng.integers(1, nx - 1)
+        v = rng.uniform(300, 3e4)
+        pat[y, x] += v
+        kind = rng.integers(0, 3)
+        if kind >= 1:
+            pat[y, x + 1] += v * 0.7
+        if kind == 2:
+            pat[y + 1, x] += v * 0.5
+    return pat
+
+
+@pytest.fixture(scope="module")
+def field():
+    return sky_field(90, seed=1)
+
+
+@pytest.fixture(scope="module")
+def reference(field):
+    return render(field, seed=100)
+
+
+@pytest.fixture(scope="module")
+def prepared(reference):
+    return prepare_reference(reference)
+
+
+def err(est, dx, dy):
+    return max(abs(est.dx - dx), abs(est.dy - dy))
+
+
+# --------------------------------------------------------------------------- convention
+def test_sign_convention_and_apply_shift_round_trip(field, prepared):
+    # content moved by +3 px in x: the star at xr is at xr + 3 in the frame -> dx = -3
+    frame = render(field, dx=-3.0, dy=0.0, seed=101)
+    est = estimate_shift(prepared, frame)
+    assert est.ok and est.method == "stars"
+    assert est.dx == pytest.approx(-3.0, abs=0.05)
+    assert est.dy == pytest.approx(0.0, abs=0.05)
+    # applying the estimate moves the frame back onto the reference
+    back = apply_shift(frame, est.dx, est.dy, order=0)
+    again = estimate_shift(prepared, back)
+    assert abs(again.dx) < 0.1 and abs(again.dy) < 0.1
+
+
+def test_reference_against_itself_is_zero(reference, prepared):
+    est = estimate_shift(prepared, reference)
+    assert est.ok and est.dx == pytest.approx(0, abs=1e-6) and est.dy == pytest.approx(0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- accuracy
+def test_subpixel_accuracy_at_high_snr(field, prepared):
+    rng = np.random.default_rng(3)
+    errors, sigmas = [], []
+    for i in range(8):
+        dx, dy = rng.uniform(-12, 12, 2)
+        est = estimate_shift(prepared, render(field, dx, dy, fwhm=rng.uniform(2.8, 3.8),
+                                              seed=200 + i))
+        assert est.ok and est.method == "stars" and est.n_stars >= 10
+        errors.append((est.dx - dx, est.dy - dy))
+        sigmas.append((est.sigma_dx, est.sigma_dy))
+    errors, sigmas = np.array(errors), np.array(sigmas)
+    assert np.abs(errors).max() < 0.05
+    assert np.all(sigmas > 0) and np.all(sigmas < 0.05)
+    z = np.sqrt(np.mean((errors / sigmas) ** 2))
+    assert 0.3 < z < 2.5
+
+
+@pytest.mark.parametrize("fx, fy", [(0.35, 0.35), (-0.35, 0.35), (0.35, -0.35), (-0.35, -0.3)])
+def test_large_offsets(field, prepared, fx, fy):
+    dx, dy = fx * SHAPE[1] + 0.27, fy * SHAPE[0] - 0.41
+    est = estimate_shift(prepared, render(field, dx, dy, seed=300))
+    assert est.ok, est.reason
+    assert err(est, dx, dy) < 0.05
+
+
+def test_fixed_pattern_does_not_pin_the_shift_at_zero():
+    sky = sky_field(40, seed=4, flux=(2e3, 4e4))
+    pat = fixed_pattern()
+    ref = render(sky, pattern=pat, seed=400)
+    prep = prepare_reference(ref)
+    for i, (dx, dy) in enumerate([(7.3, -5.6), (-15.2, 11.7), (0.6, -0.4), (48.9, 20.2)]):
+        est = estimate_shift(prep, render(sky, dx, dy, pattern=pat, seed=401 + i))
+        assert est.ok, est.reason
+        assert err(est, dx, dy) < 0.1, (dx, dy, est)
+
+
+def test_cosmic_rays_saturated_stars_and_gradients(field):
+    ny, nx = SHAPE
+    yy, xx = np.mgrid[:ny, :nx]
+    grad = 2.0 * xx + 150 * np.sin(yy / 40.0)
+    ref = render(field, seed=500, saturation=30000, cosmics=40, pattern=grad)
+    prep = prepare_reference(ref)
+    for i, (dx, dy) in enumerate([(5.5, 2.25), (-31.4, 17.9)]):
+        frame = render(field, dx, dy, seed=501 + i, saturation=30000, cosmics=60,
+                       pattern=grad[::-1] * 0.5)
+        est = estimate_shift(prep, frame)
+        assert est.ok, est.reason
+        assert err(est, dx, dy) < 0.05
+
+
+def test_few_faint_stars_are_within_half_a_pixel_with_honest_sigma():
+    sky = (np.array([60.0, 210.0, 150.0, 250.0]), np.array([50.0, 70.0, 140.0, 160.0]),
+           np.array([2500.0, 1800.0, 3000.0, 2200.0]))
+    ref = render(sky, seed=600, noise=8.0)
+    prep = prepare_reference(ref)
+    rng = np.random.default_rng(6)
+    errors, sigmas = [], []
+    for i in range(15):
+        dx, dy = rng.uniform(-20, 20, 2)
+        est = estimate_shift(prep, render(sky, dx, dy, seed=601 + i, noise=8.0))
+        assert est.ok, est.reason
+        assert est.method in ("stars", "correlation")
+        errors.append((est.dx - dx, est.dy - dy))
+        sigmas.append((est.sigma_dx, est.sigma_dy))
+    errors, sigmas = np.array(errors), np.array(sigmas)
+    assert np.abs(errors).max() < 0.5
+    z = np.sqrt(np.mean((errors / sigmas) ** 2))
+    assert 0.5 <= z <= 2.0, z
+
+
+def test_correlation_fallback_with_fewer_than_min_stars():
+    sky = (np.array([80.0, 200.0]), np.array([60.0, 130.0]), np.array([8000.0, 6000.0]))
+    prep = prepare_reference(render(sky, seed=700))
+    est = estimate_shift(prep, render(sky, 4.4, -6.7, seed=701))
+    assert est.ok and est.method == "correlation" and est.n_stars == 0
+    assert err(est, 4.4, -6.7) < 0.3
+    assert 0 < est.sigma_dx < 0.5 and 0 < est.sigma_dy < 0.5
+
+
+def test_crowded_field():
+    sky = sky_field(150, seed=8, cluster=600, flux=(1e3, 1e5))
+    prep = prepare_reference(render(sky, seed=800))
+    for i, (dx, dy) in enumerate([(3.7, -2.1), (-60.3, 44.8)]):
+        est = estimate_shift(prep, render(sky, dx, dy, seed=801 + i, fwhm=3.6))
+        assert est.ok and est.method == "stars", est
+        assert err(est, dx, dy) < 0.05
+
+
+def test_nan_pixels_in_frame_and_reference(field):
+    rng = np.random.default_rng(9)
+    ref = render(field, seed=900)
+    ref[40:44, :] = np.nan
+    ref[rng.uniform(size=SHAPE) < 0.002] = np.nan
+    prep = prepare_reference(ref)
+    frame = render(field, 9.6, -4.2, seed=901)
+    frame[:, 100:103] = np.nan
+    frame[rng.uniform(size=SHAPE) < 0.002] = np.inf
+    est = estimate_shift(prep, frame)
+    assert est.ok, est.reason
+    assert err(est, 9.6, -4.2) < 0.05
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (151, 203), (300, 120)])
+def test_frames_of_other_sizes(shape):
+    ny, nx = shape
+    sky = sky_field(max(15, nx * ny // 600), seed=10, shape=shape, margin=20)
+    prep = prepare_reference(render(sky, shape=shape, seed=1000))
+    dx, dy = 0.2 * nx + 0.3, -0.15 * ny + 0.1
+    est = estimate_shift(prep, render(sky, dx, dy, shape=shape, seed=1001))
+    assert est.ok, est.reason
+    assert err(est, dx, dy) < 0.1
+
+
+# --------------------------------------------------------------------------- failures
+def test_pure_noise_frame_fails_with_a_reason(prepared):
+    noise = np.random.default_rng(11).normal(200, 6, SHAPE)
+    est = estimate_shift(prepared, noise)
+    assert not est.ok and est.method == "failed" and est.reason
+    assert np.isnan(est.dx) and np.isnan(est.sigma_dx) and est.n_stars == 0
+
+
+def test_shift_beyond_the_frame_fails(field, prepared):
+    est = estimate_shift(prepared, render(field, 400.0, 250.0, seed=12))
+    assert not est.ok and est.reason
+
+
+def test_other_field_fails(prepared):
+    est = estimate_shift(prepared, render(sky_field(90, seed=99), seed=13))
+    assert not est.ok and est.reason
+
+
+@pytest.mark.parametrize("frame", [np.full(SHAPE, 100.0), np.full(SHAPE, np.nan)])
+def test_blank_or_empty_frame_fails(prepared, frame):
+    est = estimate_shift(prepared, frame)
+    assert not est.ok and est.method == "failed" and est.reason
+
+
+def test_blank_reference_gives_failed_estimates(reference):
+    prep = prepare_reference(np.zeros(SHAPE))
+    assert not prep.ok
+    est = estimate_shift(prep, reference)
+    assert not est.ok and est.reason
+
+
+def test_programmer_errors_raise(reference, prepared):
+    with pytest.raises(ValueError, match="shape"):
+        estimate_shift(prepared, reference[:100])
+    with pytest.raises(ValueError, match="shape"):
+        estimate_shift(reference, reference[:, :100])
+    with pytest.raises(ValueError, match="2-D"):
+        estimate_shift(prepared, reference.ravel())
+    with pytest.raises(TypeError, match="unknown"):
+        estimate_shift(prepared, reference, threshold=3)
+    with pytest.raises(TypeError):
+        prepare_reference(reference, n_stars=2.5)
+    # a reference prepared with other reference-side parameters
+    with pytest.raises(ValueError, match="prepared"):
+        estimate_shift(prepared, reference, n_stars=10)
+
+
+# --------------------------------------------------------------------------- API
+def test_prepared_and_array_reference_agree(field, reference, prepared):
+    frame = render(field, 2.2, 1.1, seed=14)
+    a = estimate_shift(reference, frame)
+    b = estimate_shift(prepared, frame)
+    assert a == b
+    # per-frame parameters may differ from those the reference was prepared with
+    c = estimate_shift(prepared, frame, min_stars=5, clip_sigma=4.0)
+    assert c.ok
+
+
+def test_integer_and_float32_input(field, prepared):
+    frame = render(field, -1.3, 2.6, seed=15)
+    for arr in (np.round(frame).astype(np.uint16), frame.astype(np.float32)):
+        est = estimate_shift(prepared, arr)
+        assert est.ok and err(est, -1.3, 2.6) < 0.05
+
+
+def test_refine_false_gives_correlation(field, prepared):
+    est = estimate_shift(prepared, render(field, 6.3, -2.8, seed=16), refine=False)
+    assert est.ok and est.method == "correlation" and err(est, 6.3, -2.8) < 0.2
+
+
+def test_choose_reference_prefers_sharp_frames_with_many_stars(field):
+    frames = [
+        render(field, 1.0, 1.0, fwhm=4.5, seed=17),            # blurred
+        render(field, 2.0, 0.0, fwhm=2.6, seed=18),            # sharp
+        render((field[0], field[1], field[2] * 0.03), fwhm=2.3, seed=19),  # clouds: few stars
+        render(field, 0.0, 2.0, fwhm=3.5, seed=20),
+    ]
+    assert choose_reference(frames) == 1
+    with pytest.raises(ValueError):
+        choose_reference([])
+
+
+def test_params_are_plain_scalars_with_defaults():
+    for f in dataclasses.fields(AutoParams):
+        assert f.type in ("float", "int", "bool", "str"), f.name
+        assert type(f.default).__name__ == f.type, f.name
+    # defaults can be passed back explicitly
+    params = dataclasses.asdict(AutoParams())
+    assert isinstance(prepare_reference(np.random.default_rng(0).normal(size=(32, 32)),
+                                        **params), PreparedReference)
+
+
+def test_shift_estimate_is_a_frozen_record():
+    est = ShiftEstimate(1.0, 2.0, 0.1, 0.1, 3, "stars", True, "")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        est.dx = 0.0  # type: ignore[misc]
