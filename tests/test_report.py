@@ -143,6 +143,11 @@ def test_shift_photometry_marks_stars_that_leave_the_frame():
     assert phot.loc[0, "note"] == "" and np.isfinite(phot.loc[0, "flux_before"])
     assert phot.loc[1, "note"] != ""
     assert phot.loc[1, ["flux_before", "flux_order0", "rel_change_order1"]].isna().all()
+    # blank sky (a star faint in this frame's filter): fluxes given, no relative change
+    blank = shift_photometry(raw, 0.3, 0.2, pd.DataFrame({"star": [1], "x": [150.0],
+                                                          "y": [60.0]}))
+    assert np.isfinite(blank.loc[0, "flux_order1"]) and abs(blank.loc[0, "snr"]) < 20
+    assert math.isnan(blank.loc[0, "rel_change_order0"]) and "S/N" in blank.loc[0, "note"]
     # a shift that would pull fill pixels into the annulus of order 1/3 is caught too
     stars = pd.DataFrame({"star": [1], "x": [230.0], "y": [100.0]})
     phot = shift_photometry(raw, -60.0, 0.0, stars)  # the star sits at x=290 in the raw frame
@@ -238,7 +243,7 @@ def _diag(n=12, truth=False):
     status = np.array([C.KEPT] * n, dtype=object)
     status[3], status[7] = C.REJECTED, C.FAILED
     rdx, rdy = rng.normal(0, 0.2, n), rng.normal(0, 0.2, n)
-    rdx[3] = 0.9
+    rdx[3], rdy[3] = 0.9, -8.0  # an outlier: drawn at the axis edge with its value
     rdx[7] = rdy[7] = dx[7] = dy[7] = np.nan
     df = pd.DataFrame({C.FILE: [f"NGC_3201_V_30.000secs_{i:08d}.fit" for i in range(n)],
                        C.RESIDUAL_DX: rdx, C.RESIDUAL_DY: rdy, C.STATUS: status,

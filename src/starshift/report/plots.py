@@ -1,8 +1,10 @@
 """Report figures as PNG bytes: residual ("new shift") per frame, flux change per order, sweeps.
 
 Pure functions: DataFrames in, PNG bytes out. Figures are built on ``matplotlib.figure.Figure``
-with the Agg canvas (no pyplot global state, safe in threads and headless runs) and saved without
-the ``Software`` metadata, so the same input gives the same bytes.
+with the Agg canvas (no pyplot global state, safe in threads and headless runs). The rendered
+pixels are stored as a 256-colour PNG by Pillow (maximum-coverage palette, no dithering: colour
+errors of a few levels, a third of the bytes of matplotlib's RGBA PNG) with no metadata at all,
+so the same input gives the same bytes.
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ def _figure(width: float, height: float):
 
 
 def _png(fig) -> bytes:
-    """PNG bytes without the Software (version) metadata, optimised (Pillow's encoder)."""
+    """The figure as a palette PNG: no metadata (no Software/version, no time), deterministic."""
+    from PIL import Image
+
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
+    image = image.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE,
+                           dither=Image.Dither.NONE)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None},
-                pil_kwargs={"optimize": True})
+    image.save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -81,18 +89,28 @@ def _status_color(status) -> str:
     return STATUS_COLORS.get(str(status), OTHER_COLOR)
 
 
-def _plot_pairs(ax, x, vx, vy, colors, bottom_y) -> list[int]:
-    """dx (circles) and dy (triangles) per frame in their status colours; frames whose values
-    are NaN are drawn as crosses at ``bottom_y``. Returns the indices of those frames."""
+def _plot_pairs(ax, x, vx, vy, colors, lim: float) -> list[int]:
+    """dx (circles) and dy (triangles) per frame in their status colours, on [-lim, lim].
+
+    Values beyond the axis are drawn at its edge with their value written beside them; frames
+    whose values are NaN are crosses at the bottom edge. Returns the indices of those frames.
+    """
     vx, vy = np.asarray(vx, float), np.asarray(vy, float)
-    ok_x, ok_y = np.isfinite(vx), np.isfinite(vy)
-    ax.scatter(x[ok_x] - 0.12, vx[ok_x], c=colors[ok_x], marker="o", s=16, linewidths=0,
-               zorder=3)
-    ax.scatter(x[ok_y] + 0.12, vy[ok_y], facecolors="none", edgecolors=colors[ok_y],
-               marker="^", s=18, linewidths=0.9, zorder=3)
-    missing = np.flatnonzero(~(ok_x & ok_y))
+    edge = 0.96 * lim
+    for v, off, style in ((vx, -0.12, {"marker": "o", "linewidths": 0}),
+                          (vy, 0.12, {"marker": "^", "linewidths": 0.9})):
+        ok = np.isfinite(v)
+        shown = np.clip(v, -edge, edge)
+        kw = ({"c": colors[ok]} if style["marker"] == "o"
+              else {"facecolors": "none", "edgecolors": colors[ok]})
+        ax.scatter(x[ok] + off, shown[ok], s=16, zorder=3, **kw, **style)
+        for i in np.flatnonzero(ok & (np.abs(v) > edge)):
+            ax.annotate(f"{v[i]:+.1f}", (x[i] + off, shown[i]), xytext=(3, 0),
+                        textcoords="offset points", fontsize=6, va="center",
+                        color=colors[i])
+    missing = np.flatnonzero(~(np.isfinite(vx) & np.isfinite(vy)))
     if missing.size:
-        ax.scatter(x[missing], np.full(missing.size, bottom_y), c=colors[missing], marker="x",
+        ax.scatter(x[missing], np.full(missing.size, -lim), c=colors[missing], marker="x",
                    s=22, linewidths=1.2, zorder=3, clip_on=False)
     return missing.tolist()
 
@@ -109,10 +127,11 @@ def _legend(ax, statuses, with_missing: bool, missing_label: str) -> None:
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
 
-def _sym_limit(values, floor: float) -> float:
+def _sym_limit(values, floor: float, cap: float = math.inf) -> float:
+    """Half-range of a symmetric axis: the largest |value| plus 10 %, within [floor, cap]."""
     v = np.abs(np.asarray(values, float))
     v = v[np.isfinite(v)]
-    return max(floor, 1.1 * float(v.max())) if v.size else floor
+    return min(cap, max(floor, 1.1 * float(v.max()))) if v.size else floor
 
 
 def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = "") -> bytes:
@@ -125,7 +144,8 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
         ``residual_dx``, ``residual_dy``, ``status`` are used; with ``true_dx``/``true_dy``
         (sample nights) a second panel shows the estimated shift minus the truth.
     max_residual : float
-        The rejection limit, drawn as dashed lines at +-max_residual.
+        The rejection limit, drawn as dashed lines at +-max_residual. The axes span at most
+        +-6 max_residual; values beyond are drawn at the edge, labelled with their value.
     title : str
         Figure title (e.g. the night).
 
@@ -150,12 +170,13 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
         axes = fig.subplots(2 if truth else 1, 1, sharex=True, squeeze=False)[:, 0]
         ax = axes[0]
         rdx, rdy = diag[C.RESIDUAL_DX].to_numpy(float), diag[C.RESIDUAL_DY].to_numpy(float)
-        lim = _sym_limit(np.concatenate([rdx, rdy]), 2.0 * max_residual)
+        # the limit band stays readable: outliers are drawn at the edge with their value
+        lim = _sym_limit(np.concatenate([rdx, rdy]), 2.0 * max_residual, 6.0 * max_residual)
         ax.set_ylim(-lim, lim)
         for v in (-max_residual, max_residual):
             ax.axhline(v, color="0.35", ls="--", lw=0.8, zorder=1)
         ax.axhline(0.0, color="0.75", lw=0.6, zorder=1)
-        missing = _plot_pairs(ax, x, rdx, rdy, colors, -lim)
+        missing = _plot_pairs(ax, x, rdx, rdy, colors, lim)
         ax.set_ylabel("new shift (px)")
         ax.grid(axis="y", color="0.92", lw=0.5)
         counts = ", ".join(f"{(status == s).sum()} {s}" for s in present)
@@ -166,12 +187,16 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
             ax2 = axes[1]
             ex = diag[C.DX].to_numpy(float) - diag[C.TRUE_DX].to_numpy(float)
             ey = diag[C.DY].to_numpy(float) - diag[C.TRUE_DY].to_numpy(float)
-            lim2 = _sym_limit(np.concatenate([ex, ey]), 2.0 * max_residual)
+            # errors are usually far below the limit: zoom on the bulk (95 % of values)
+            err = np.abs(np.concatenate([ex, ey]))
+            err = err[np.isfinite(err)]
+            bulk = float(np.percentile(err, 95)) if err.size else 0.0
+            lim2 = min(max(0.1, 1.3 * bulk), 6.0 * max_residual)
             ax2.set_ylim(-lim2, lim2)
             for v in (-max_residual, max_residual):
                 ax2.axhline(v, color="0.35", ls="--", lw=0.8, zorder=1)
             ax2.axhline(0.0, color="0.75", lw=0.6, zorder=1)
-            miss2 = _plot_pairs(ax2, x, ex, ey, colors, -lim2)
+            miss2 = _plot_pairs(ax2, x, ex, ey, colors, lim2)
             ax2.set_ylabel("estimate - truth (px)")
             ax2.grid(axis="y", color="0.92", lw=0.5)
             ax2.set_title("estimated shift minus true shift")
@@ -189,8 +214,9 @@ def flux_change_plot(phot: pd.DataFrame, title: str = "") -> bytes:
     """PNG of the relative flux change (percent) caused by shifting, per interpolation order.
 
     One column of points per order (every star in every frame; deterministic horizontal
-    jitter) over a box plot, with the median, RMS and largest |change| written above. Order 0
-    moves whole pixels and is exactly 0 (it is said so when every value is exactly 0.0).
+    jitter) over a box plot, with the median, RMS and largest |change| and the counts (NaN
+    changes, e.g. low S/N, are counted as not measured) written above. Order 0 moves whole
+    pixels and is exactly 0 (it is said so when every value is exactly 0.0).
 
     Parameters
     ----------
@@ -202,25 +228,27 @@ def flux_change_plot(phot: pd.DataFrame, title: str = "") -> bytes:
     """
     orders = _order_columns(phot)
     with _rc():
-        fig = _figure(max(4.0, 1.6 + 1.5 * len(orders)), 3.6)
+        fig = _figure(max(4.0, 1.6 + 1.7 * len(orders)), 3.6)
         ax = fig.subplots()
         rng = np.random.default_rng(0)  # fixed jitter: deterministic bytes
         data, notes = [], []
         for k, o in enumerate(orders):
             v = 100.0 * phot[f"rel_change_order{o}"].to_numpy(float)
+            n_nan = int(np.count_nonzero(~np.isfinite(v)))
             v = v[np.isfinite(v)]
             data.append(v)
             jitter = rng.uniform(-0.18, 0.18, v.size)
             ax.scatter(k + jitter, v, s=7, alpha=0.55, linewidths=0,
                        color=ORDER_COLORS.get(o, OTHER_COLOR), zorder=3)
+            count = f"n={v.size}" + (f", {n_nan} not measured" if n_nan else "")
             if v.size == 0:
-                notes.append("no data")
+                notes.append(f"no data\n{count}")
             elif np.all(v == 0.0):
-                notes.append(f"exactly 0\n(n={v.size})")
+                notes.append(f"exactly 0\n{count}")
             else:
                 rms = math.sqrt(float(np.mean(v ** 2)))
-                notes.append(f"median {np.median(v):+.3f}%\nRMS {rms:.3f}%\n"
-                             f"max|.| {np.max(np.abs(v)):.3f}%")
+                notes.append(f"median {np.median(v):+.3f}%  RMS {rms:.3f}%\n"
+                             f"max|.| {np.max(np.abs(v)):.3f}%\n{count}")
         nonempty = [i for i, v in enumerate(data) if v.size]
         if nonempty:
             ax.boxplot([data[i] for i in nonempty], positions=nonempty, widths=0.5,
