@@ -60,11 +60,13 @@ class RejectConfig:
     ``max_residual``: limit on the re-measured "new shift" on either axis, px (the seed's check).
     ``max_elongation``: stars' median 1 - b/a above this = trailed/doubled frame (null: off).
     ``max_fwhm_ratio``: stars' median FWHM above this times the night's median (null: off).
+    ``max_sigma``: the estimated shift's 1-sigma uncertainty on either axis, px (null: off).
     """
 
     max_residual: float = 0.5
     max_elongation: float | None = 0.4
     max_fwhm_ratio: float | None = 1.75
+    max_sigma: float | None = 0.25
 
 
 def _auto_config_class():
@@ -128,6 +130,8 @@ class ReportConfig:
 
     out: str = "reports"
     gif_size: int = 64
+    gif_scale: int = 1
+    gif_levels: int = 8
     gif_max_frames: int = 80
     n_stars: int = 8
     aperture_radius: float = 6.0
@@ -222,6 +226,8 @@ def check_align(cfg: DictConfig) -> None:
         raise StarshiftError("reject.max_residual must be positive")
     if cfg.reject.max_elongation is not None and not 0 < cfg.reject.max_elongation < 1:
         raise StarshiftError("reject.max_elongation: a number between 0 and 1, or null (off)")
+    if cfg.reject.max_sigma is not None and cfg.reject.max_sigma <= 0:
+        raise StarshiftError("reject.max_sigma: a positive number of px, or null (off)")
     if cfg.reject.max_fwhm_ratio is not None and cfg.reject.max_fwhm_ratio <= 1:
         raise StarshiftError("reject.max_fwhm_ratio: a number above 1, or null (off)")
     for name, value in cfg.pre_shift.items():

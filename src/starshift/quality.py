@@ -14,7 +14,8 @@ FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
-                threshold: float = 3.0) -> tuple[float, float, int]:
+                threshold: float = 3.0, min_peak_snr: float = 15.0, min_stars: int = 3
+                ) -> tuple[float, float, int]:
     """Median FWHM (px) and elongation (1 - b/a) of the stars at ``positions``.
 
     Parameters
@@ -28,6 +29,11 @@ def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
         doubled star's second image (a tracking jump of up to ``radius`` px is caught).
     threshold : float
         Only pixels this many noise sigmas above the cutout's border median count.
+    min_peak_snr : float
+        A star counts only if its brightest pixel is this many noise sigmas above the background
+        (faint stars' moments are dominated by noise).
+    min_stars : int
+        Fewer measurable stars than this give NaN: no verdict rather than a noisy one.
 
     Returns
     -------
@@ -53,8 +59,9 @@ def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
     w = stack - bkg[:, None, None]
     w = np.where(np.isfinite(w) & (w > threshold * noise[:, None, None]), w, 0.0)
     m = w.sum(axis=(1, 2))
-    ok = (m > 0) & ((w > 0).sum(axis=(1, 2)) >= 3)  # at least a few pixels above the noise
-    if not ok.any():
+    peak = w.max(axis=(1, 2))
+    ok = (m > 0) & ((w > 0).sum(axis=(1, 2)) >= 3) & (peak > min_peak_snr * noise)
+    if ok.sum() < min_stars:
         return float("nan"), float("nan"), 0
     w, m = w[ok], m[ok]
     yy, xx = np.meshgrid(off, off, indexing="ij")

@@ -33,7 +33,7 @@ def seed_markdown(diag: pd.DataFrame, max_residual: float) -> pd.DataFrame:
     t = diag[list(SEED_COLUMNS)].rename(columns=SEED_COLUMNS)
     t["check"] = [check_marker(r, max_residual) for _, r in diag.iterrows()]
     t["status"] = diag[C.STATUS]
-    t["reason"] = diag[C.REASON].fillna("")
+    t["reason"] = diag[C.REASON].astype(object).fillna("")
     for col in (C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.METHOD):
         if col in diag and diag[col].notna().any():
             t[col] = diag[col]
@@ -43,8 +43,41 @@ def seed_markdown(diag: pd.DataFrame, max_residual: float) -> pd.DataFrame:
     return t
 
 
+def compare_methods(input_dir: Path, ncfg, diag: pd.DataFrame, limit: float = 0.5
+                    ) -> pd.DataFrame:
+    """The box (seed) estimate beside the automatic one, per frame, flagged beyond ``limit``.
+
+    The night's own method comes from ``diag``; the other is measured here with the same
+    settings (search box, pre-shifts, reference).
+    """
+    from omegaconf import OmegaConf
+
+    from ..stages import measure
+
+    other_cfg = OmegaConf.merge(ncfg, {"method": "auto" if ncfg.method == "box" else "box",
+                                       "reference": diag.loc[diag[REFERENCE] == 1, C.FILE]
+                                       .iloc[0]})
+    other, _ = measure(input_dir, other_cfg)
+    box, auto = (diag, other) if ncfg.method == "box" else (other, diag)
+    t = pd.DataFrame({C.FILE: diag[C.FILE]})
+    t = t.merge(box[[C.FILE, C.DX, C.DY, C.STATUS]].rename(
+        columns={C.DX: "box_dx", C.DY: "box_dy", C.STATUS: "box_status"}), on=C.FILE)
+    t = t.merge(auto[[C.FILE, C.DX, C.DY, C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.STATUS]].rename(
+        columns={C.DX: "auto_dx", C.DY: "auto_dy", C.SIGMA_DX: "auto_sigma_dx",
+                 C.SIGMA_DY: "auto_sigma_dy", C.N_STARS: "auto_n_stars",
+                 C.STATUS: "auto_status"}), on=C.FILE)
+    t["diff_dx"] = t["box_dx"] - t["auto_dx"]
+    t["diff_dy"] = t["box_dy"] - t["auto_dy"]
+    big = (t["diff_dx"].abs() > limit) | (t["diff_dy"].abs() > limit)
+    missing = t["box_dx"].isna() | t["auto_dx"].isna()
+    t["flag"] = np.where(missing, "one failed", np.where(big, f"differ > {limit:g} px", ""))
+    return t
+
+
 def _usable(diag: pd.DataFrame) -> pd.DataFrame:
-    return diag[(diag[C.STATUS] != C.FAILED) & np.isfinite(diag[C.DX].astype(float))]
+    """Frames shown and measured in the report: the kept ones (the reference always is)."""
+    return diag[(diag[C.STATUS] == C.KEPT) & np.isfinite(diag[C.DX].astype(float))
+                | (diag[REFERENCE] == 1)]
 
 
 def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
@@ -107,9 +140,19 @@ def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
         io.write_bytes(out / "flux_change.png", flux_change_plot(phot, title=night))
     io.write_bytes(out / "order0_vs_order1.gif",
                    order_comparison_gif(gif_frames, center, size=int(rcfg.gif_size),
-                                        fill=ncfg.shift.fill))
+                                        fill=ncfg.shift.fill, scale=int(rcfg.gif_scale),
+                                        levels=int(rcfg.gif_levels)))
 
     metrics = night_metrics(diag)
+    if ncfg.centroid.box_center is not None:
+        cmp = compare_methods(Path(input_dir), ncfg, diag, max_res)
+        io.write_table(cmp, out / "box_vs_auto.csv")
+        io.write_text(out / "box_vs_auto.md",
+                      f"# {night}: seed box estimate vs automatic estimate\n\n"
+                      f"Shift onto the reference (px). Flagged where they differ by more than "
+                      f"{max_res:g} px on either axis, or where one method failed.\n\n"
+                      + markdown_table(cmp) + "\n")
+        metrics["box_vs_auto_flagged"] = int((cmp["flag"] != "").sum())
     if len(phot):
         for o in rcfg.orders:
             col = f"rel_change_order{o}"
@@ -163,8 +206,10 @@ def summary(cfg) -> dict:
                  f"![new shift per frame]({night}/residuals.png)"]
         if (root / night / "flux_change.png").is_file():
             lines += ["", f"![flux change by interpolation order]({night}/flux_change.png)"]
-        if (root / night / "box_vs_auto.csv").is_file():
-            lines += ["", f"Box vs automatic estimate: [table]({night}/box_vs_auto.csv)."]
+        if (root / night / "box_vs_auto.md").is_file():
+            lines += ["", f"Seed box estimate vs automatic: [table]({night}/box_vs_auto.md), "
+                      f"{m.get('box_vs_auto_flagged', 0)} frame(s) flagged (differ by more "
+                      "than the residual limit, or one method failed)."]
         sections.append("\n".join(lines))
     io.write_text(root / "metrics.json", json.dumps(all_metrics, indent=2, sort_keys=True) + "\n")
     cfg_yaml = OmegaConf.to_yaml(cfg)
