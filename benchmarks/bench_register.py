@@ -141,31 +141,53 @@ def bench_night(night_dir: Path, repeat: int, astroalign, scratch: Path) -> dict
     # whole per-frame align: auto vs the seed-faithful box method
     out_dir = scratch / night
     out_dir.mkdir(parents=True, exist_ok=True)
-    t_auto = []
+    t_auto, parts_auto = [], []
     for f in files:
         t0 = time.perf_counter()
         data, header = read_frame(f)
+        t1 = time.perf_counter()
         est = estimate_shift(prep, data)
+        t2 = time.perf_counter()
         if est.ok:
             shifted = apply_shift(data, est.dx, est.dy, order=0)
+            t3 = time.perf_counter()
             write_frame(out_dir / f"auto_{f.name}", shifted, header)
-        t_auto.append(time.perf_counter() - t0)
+        else:
+            t3 = time.perf_counter()
+        t4 = time.perf_counter()
+        t_auto.append(t4 - t0)
+        parts_auto.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+    res["align_auto_parts_ms"] = dict(zip(("read", "estimate", "shift", "write"),
+                                          (1e3 * np.median(parts_auto, axis=0)).round(2).tolist(),
+                                          strict=True))
     res["t_align_auto_ms"] = 1e3 * float(np.median(t_auto))
     if night in SEED_BOXES:
         centre, size = SEED_BOXES[night]
         xr, yr = box_centroid(datas[0], centre, size)
-        t_seed, seed_fail = [], 0
+        t_seed, seed_fail, parts_seed = [], 0, []
         for f in files:
             t0 = time.perf_counter()
             data, header = read_frame(f)
+            t1 = time.perf_counter()
+            t2 = t3 = t4 = t1
             try:
                 x, y = box_centroid(data, centre, size)
+                t2 = time.perf_counter()
                 shifted = apply_shift(data, xr - x, yr - y, order=0)
+                t3 = time.perf_counter()
                 box_centroid(shifted, centre, size)  # the seed's "new shift" check
+                t4 = time.perf_counter()
                 write_frame(out_dir / f"seed_{f.name}", shifted, header)
             except CentroidFailed:
                 seed_fail += 1
-            t_seed.append(time.perf_counter() - t0)
+            t5 = time.perf_counter()
+            t_seed.append(t5 - t0)
+            if t4 > t1:
+                parts_seed.append((t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))
+        if parts_seed:
+            res["align_seed_parts_ms"] = dict(zip(
+                ("read", "centroid", "shift", "re-measure", "write"),
+                (1e3 * np.median(parts_seed, axis=0)).round(2).tolist(), strict=True))
         res["t_align_seed_ms"] = 1e3 * float(np.median(t_seed))
         res["seed_failed"] = seed_fail
         res["align_ratio"] = res["t_align_seed_ms"] / res["t_align_auto_ms"]
@@ -258,10 +280,15 @@ def main(argv=None) -> int:
             print(f"{r['night']}: bad frame {b['file']} -> {b['method']} "
                   f"({_fmt(b['dx'], '.2f')}, {_fmt(b['dy'], '.2f')}), "
                   f"truth ({b['true_dx']:.2f}, {b['true_dy']:.2f})")
+        for key in ("align_auto_parts_ms", "align_seed_parts_ms"):
+            if key in r:
+                parts = ", ".join(f"{k} {v:.1f}" for k, v in r[key].items())
+                print(f"{r['night']}: {key.split('_')[1]} align, median ms: {parts}")
         if r.get("seed_failed"):
             print(f"{r['night']}: seed box method lost the star on {r['seed_failed']} frame(s)")
-        if r.get("astroalign_failed"):
-            print(f"{r['night']}: astroalign failed on {r['astroalign_failed']} good frame(s)")
+        if "t_astroalign_ms" in r:
+            print(f"{r['night']}: astroalign max abs err {_fmt(r['astroalign_max_abs_err'])} px, "
+                  f"failed on {r['astroalign_failed']} good frame(s)")
     if args.out:
         out = args.out
         payload = {"info": info, "summary": summ,
