@@ -283,8 +283,9 @@ def _median(a: np.ndarray, max_n: int = 40000) -> float:
     return float(np.partition(v, k)[k])
 
 
-def _mad_sigma(a: np.ndarray, max_n: int = 40000) -> float:
-    v = a.ravel()
+def _mad_sigma(a: np.ndarray, max_n: int = 40000, bad: np.ndarray | None = None) -> float:
+    """Robust (MAD) standard deviation of (a regular subsample of) ``a``, ignoring ``bad``."""
+    v = a.ravel() if bad is None else a[~bad]
     if v.size > max_n:
         v = v[:: v.size // max_n + 1]
     med = _median(v)
@@ -429,8 +430,10 @@ def _coarse_setup(shape: tuple[int, int], p: AutoParams) -> _Coarse:
     return _Coarse(b, (nyb, nxb), (py, px), lag_y, lag_x, 1.0 / np.sqrt(over), filt)
 
 
-def _coarse_image(clean: np.ndarray, p: AutoParams, c: _Coarse) -> tuple[np.ndarray, float]:
-    """Cleaned, binned, thresholded image for the correlation, and its noise before scaling."""
+def _coarse_image(clean: np.ndarray, p: AutoParams, c: _Coarse, bad: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, float]:
+    """Cleaned, binned, thresholded image for the correlation, and its noise before scaling
+    (measured away from the ``bad`` pixels, which were filled with the median)."""
     img = _erode2(clean) if p.suppress_hot_pixels else clean
     binned = _bin(img, c.bin)
     box = p.background_box // c.bin if p.background_box > 0 else 0
@@ -440,7 +443,13 @@ def _coarse_image(clean: np.ndarray, p: AutoParams, c: _Coarse) -> tuple[np.ndar
     else:
         binned -= _median(binned)
     binned = _smooth121(binned)
-    sigma = _mad_sigma(binned)
+    bbad = None
+    if bad is not None:
+        crop = bad[: bad.shape[0] - 1, : bad.shape[1] - 1] if p.suppress_hot_pixels else bad
+        bbad = _bin(crop.astype(np.float32), c.bin) > 0
+        if bbad.all():
+            return np.zeros_like(binned), 0.0
+    sigma = _mad_sigma(binned, bad=bbad)
     if not sigma > 0:
         return np.zeros_like(binned), 0.0
     binned *= 1.0 / sigma
@@ -720,7 +729,8 @@ def _measure(clean: np.ndarray, raw: np.ndarray, bad: np.ndarray | None, px: np.
     stack = _cutouts(clean, iy, ix, half)
     med, noise = _ring_stats(stack)
     stack -= med[:, None, None]
-    noise = np.maximum(noise, 1e-12 + 1e-6 * np.abs(med))
+    pos = noise[noise > 0]
+    noise = np.maximum(noise, 0.1 * float(np.median(pos)) if pos.size else 1.0)
     _despike(stack, noise)
     box = _box3(stack)
     w = 2 * search + 1
@@ -777,8 +787,8 @@ class _Sources:
     bkg: np.ndarray  # background-subtracted (banding removed) image
 
 
-def _find_sources(raw: np.ndarray, clean: np.ndarray, p: AutoParams, low: float = 4.0
-                  ) -> _Sources:
+def _find_sources(raw: np.ndarray, clean: np.ndarray, p: AutoParams, low: float = 4.0,
+                  bad: np.ndarray | None = None) -> _Sources:
     """Local maxima of ``clean`` (banding removed) smoothed by a 1 px Gaussian.
 
     Peak values, signal-to-noise and FWHM are measured against the local background (median of
@@ -788,9 +798,9 @@ def _find_sources(raw: np.ndarray, clean: np.ndarray, p: AutoParams, low: float 
     grid = _mesh_grid(clean, box) if box >= 8 else None
     img = clean - _mesh_expand(grid, box, clean.shape) if grid is not None else clean.copy()
     img -= _median(img)
-    noise = _mad_sigma(img)
+    noise = _mad_sigma(img, bad=bad)
     sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
-    sm_noise = _mad_sigma(sm)
+    sm_noise = _mad_sigma(sm, bad=bad)
     e = np.zeros(0)
     empty = _Sources(e.astype(int), e.astype(int), e, e, e, e, e.astype(bool), noise, img)
     if not (noise > 0 and sm_noise > 0):
@@ -880,7 +890,7 @@ def _geometry(fwhm: float, p: AutoParams, b: int) -> tuple[float, int, int]:
 
 def _catalogue(raw: np.ndarray, clean: np.ndarray, bad: np.ndarray | None, p: AutoParams,
                b: int) -> tuple[_Catalogue, float, float, _Sources]:
-    src = _find_sources(raw, clean, p)
+    src = _find_sources(raw, clean, p, bad=bad)
     sat = _saturation_level(raw, p)
     fwhm = p.fwhm if p.fwhm > 0 else _estimate_fwhm(src, sat, p)
     sig_w, search, half = _geometry(fwhm, p, b)
@@ -891,25 +901,29 @@ def _catalogue(raw: np.ndarray, clean: np.ndarray, bad: np.ndarray | None, p: Au
     cand = ((src.snr >= p.detect_threshold) & _star_like(src, fwhm)
             & (src.raw_peak < p.saturation_fraction * sat)
             & (src.x >= half) & (src.x < nx - half) & (src.y >= half) & (src.y < ny - half))
-    # isolation: no source brighter than blend_ratio * peak within isolation * FWHM
+    # isolation: no source brighter than blend_ratio * peak within isolation * FWHM; checked
+    # in order of brightness until twice the stars needed are found (some fail to centroid)
     r_iso = max(p.isolation * fwhm, search + 2.0 * fwhm)
     idx = np.nonzero(cand)[0]
+    chosen: list[int] = []
     if idx.size:
         from scipy.spatial import cKDTree
 
         tree = cKDTree(np.column_stack([src.x, src.y]))
-        pairs = tree.query_ball_point(np.column_stack([src.x[idx], src.y[idx]]), r_iso)
-        for i, neigh in zip(idx, pairs, strict=True):
-            for j in neigh:
-                if j != i and not src.sharp[j] and src.peak[j] > p.blend_ratio * src.peak[i]:
-                    cand[i] = False
+        for i in idx:
+            neigh = tree.query_ball_point((src.x[i], src.y[i]), r_iso)
+            if not any(j != i and not src.sharp[j] and src.peak[j] > p.blend_ratio * src.peak[i]
+                       for j in neigh):
+                chosen.append(int(i))
+                if len(chosen) >= 2 * p.n_stars:
                     break
-    idx = np.nonzero(cand)[0][: p.n_stars]
+    idx = np.array(chosen, dtype=np.int64)
     if idx.size == 0:
         return empty, fwhm, sat, src
     m = _measure(clean, raw, bad, src.x[idx].astype(float), src.y[idx].astype(float), fwhm,
                  1, half, p, sat)
     ok = m.ok & (np.hypot(m.x - src.x[idx], m.y - src.y[idx]) < 1.5)
+    ok &= np.cumsum(ok) <= p.n_stars
     cat = _Catalogue(m.x[ok], m.y[ok], m.ex[:, ok], m.ey[:, ok], m.peak[ok])
     return cat, fwhm, sat, src
 
@@ -933,17 +947,16 @@ class PreparedReference:
         Number of catalogue stars for the fine step.
     """
 
-    def __init__(self, shape, params, coarse, ref_fft, catalogue, fwhm, saturation, noise,
-                 template, ok, reason, coarse_image=None):
+    def __init__(self, shape, params, coarse, ref_fft, coarse_image, catalogue, fwhm, saturation,
+                 template, ok=True, reason=""):
         self.shape = shape
-        self._cimg = coarse_image
         self.params = params
         self._coarse = coarse
         self._ref_fft = ref_fft
+        self._cimg = coarse_image
         self._cat = catalogue
         self.fwhm = fwhm
         self.saturation = saturation
-        self._noise = noise
         self._template = template
         self.ok = ok
         self.reason = reason
@@ -1055,23 +1068,21 @@ def prepare_reference(reference: np.ndarray, **params) -> PreparedReference:
     coarse = _coarse_setup(img.shape, p)
     empty = _Catalogue(np.zeros(0), np.zeros(0), np.zeros((2, 0)), np.zeros((2, 0)), np.zeros(0))
     if bad is not None and bad.all():
-        return PreparedReference(img.shape, p, coarse, None, empty, float("nan"), math.inf, 0.0,
+        return PreparedReference(img.shape, p, coarse, None, None, empty, float("nan"), math.inf,
                                  None, False, "the reference frame has no finite pixels")
     rawf = img.copy()
     if p.remove_banding:
         _remove_banding(img)
-    cimg, sigma = _coarse_image(img, p, coarse)
+    cimg, sigma = _coarse_image(img, p, coarse, bad)
     if not sigma > 0 or not np.any(cimg > 0):
-        return PreparedReference(img.shape, p, coarse, None, empty, float("nan"), math.inf, 0.0,
+        return PreparedReference(img.shape, p, coarse, None, None, empty, float("nan"), math.inf,
                                  None, False, "the reference frame is blank (no signal)")
     ref_fft = _ref_rfft(cimg, coarse)
     cat, fwhm, sat, src = _catalogue(rawf, img, bad, p, coarse.bin)
-    _, search, _ = _geometry(fwhm, p, coarse.bin)
     template = _make_template(src, rawf, fwhm, sat, p)
     log.debug("reference %s: %d catalogue stars, FWHM %.2f px, bin %d", img.shape,
               cat.x.size, fwhm, coarse.bin)
-    return PreparedReference(img.shape, p, coarse, ref_fft, cat, fwhm, sat, src.noise,
-                             template, True, "", cimg)
+    return PreparedReference(img.shape, p, coarse, ref_fft, cimg, cat, fwhm, sat, template)
 
 
 # ============================================================================ estimation
@@ -1148,11 +1159,22 @@ def estimate_shift(reference, moving: np.ndarray, **params) -> ShiftEstimate:
         return _failed("the frame has no finite pixels")
     if bad is not None and bad.mean() > 0.9:
         return _failed("more than 90% of the frame's pixels are not finite")
-    raw = raw_in  # original values, for saturation (img is cleaned in place)
+    try:
+        with np.errstate(all="ignore"):
+            return _estimate(prep, p, raw_in, img, bad)
+    except Exception as exc:  # a frame must never crash a night: report it as failed
+        log.warning("estimate_shift failed unexpectedly on a frame", exc_info=True)
+        return _failed(f"internal error while estimating ({type(exc).__name__}: {exc})")
+
+
+def _estimate(prep: PreparedReference, p: AutoParams, raw: np.ndarray, img: np.ndarray,
+              bad: np.ndarray | None) -> ShiftEstimate:
+    """The estimate proper (``img``: float32 copy of the frame, NaNs filled, cleaned in place;
+    ``raw``: the caller's array, for saturation)."""
     if p.remove_banding:
         _remove_banding(img)
     c = prep._coarse
-    cimg, sigma = _coarse_image(img, p, c)
+    cimg, sigma = _coarse_image(img, p, c, bad)
     if not sigma > 0 or not np.any(cimg > 0):
         return _failed("the frame is blank (no signal above the noise)")
     pk = _correlate(prep._ref_fft, prep._cimg, cimg, c)
@@ -1166,7 +1188,7 @@ def estimate_shift(reference, moving: np.ndarray, **params) -> ShiftEstimate:
         res = _fine(prep, p, raw, img, bad, dx0, dy0)
         if res is not None:
             return res
-    res = _refine_correlation(prep, p, img, dx0, dy0)
+    res = _refine_correlation(prep, p, img, dx0, dy0, bad)
     if res is not None:
         return res
     return _failed("could not refine the correlation peak (too little signal where the "
@@ -1291,7 +1313,8 @@ def _fit_errors(d: np.ndarray, m2: np.ndarray, floor: float) -> tuple[float, flo
 
 
 def _refine_correlation(prep: PreparedReference, p: AutoParams, clean: np.ndarray,
-                        dx0: float, dy0: float) -> ShiftEstimate | None:
+                        dx0: float, dy0: float, bad: np.ndarray | None = None
+                        ) -> ShiftEstimate | None:
     """Full-resolution correlation of the reference's source stamps around the coarse shift.
 
     ``C(s) = sum_q T(q) F(q - s)`` for integer lags s within 2 px of the coarse shift (walking
@@ -1304,7 +1327,7 @@ def _refine_correlation(prep: PreparedReference, p: AutoParams, clean: np.ndarra
     if t is None:
         return None
     ny, nx = clean.shape
-    noise_f = _mad_sigma(clean)
+    noise_f = _mad_sigma(clean, bad=bad)
     k = 2
     h = t.half
     hh = h + k + 1  # frame cutout half-size: template, lags and one pixel for despiking
@@ -1422,7 +1445,7 @@ def choose_reference(frames: Sequence[np.ndarray], **params) -> int:
         raw = img.copy()
         if p.remove_banding:
             _remove_banding(img)
-        src = _find_sources(raw, img, p)
+        src = _find_sources(raw, img, p, bad=bad)
         sat = _saturation_level(raw, p)
         fwhm = _estimate_fwhm(src, sat, p)
         good = ((src.snr >= p.detect_threshold) & _star_like(src, fwhm)
