@@ -277,6 +277,25 @@ def test_blank_or_empty_frame_fails(prepared, frame):
     assert not est.ok and est.method == "failed" and est.reason
 
 
+@pytest.mark.parametrize("kind", ["inf", "mostly_nan", "binary", "stripes", "huge", "tiny"])
+def test_odd_frames_never_raise(field, prepared, kind):
+    frame = render(field, 2.5, -1.5, seed=21)
+    odd = {
+        "inf": np.full(SHAPE, np.inf),
+        "mostly_nan": np.where(np.random.default_rng(0).uniform(size=SHAPE) < 0.95, np.nan,
+                               frame),
+        "binary": (frame > 400).astype(np.int32),
+        "stripes": np.tile(np.arange(SHAPE[1]) % 7 * 100.0, (SHAPE[0], 1)),
+        "huge": frame * 1e30,
+        "tiny": frame * 1e-30,
+    }[kind]
+    est = estimate_shift(prepared, odd)
+    assert isinstance(est, ShiftEstimate)
+    assert est.ok == (est.method != "failed") and (est.ok or est.reason)
+    if kind in ("huge", "tiny"):  # the estimate does not depend on the data's scale
+        assert est.ok and err(est, 2.5, -1.5) < 0.05
+
+
 def test_blank_reference_gives_failed_estimates(reference):
     prep = prepare_reference(np.zeros(SHAPE))
     assert not prep.ok
