@@ -83,3 +83,17 @@ def test_box_centroid_failures():
         box_slices((60, 60), (55, 30), 15)
     with pytest.raises(StarshiftError, match="at least"):
         box_slices((60, 60), (30, 30), 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int32])
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 1001])
+def test_fast_median_equals_numpy(dtype, n):
+    from starshift.shift import median
+
+    rng = np.random.default_rng(n)
+    a = (rng.normal(100, 30, n) * (10 if dtype == np.int32 else 1)).astype(dtype)
+    assert median(a) == np.median(a)
+    if dtype != np.int32 and n > 2:
+        a[::3] = np.nan
+        assert median(a) == np.nanmedian(a)
+    assert np.isnan(median(np.full(4, np.nan)))

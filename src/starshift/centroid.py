@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from .errors import StarshiftError
+from .shift import median
 
 
 class CentroidFailed(ValueError):
@@ -74,7 +75,7 @@ def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median
     sy, sx = box_slices(data.shape, box_center, box_size)
     cut = data[sy, sx]
     if subtract_median:
-        cut = cut - np.nanmedian(data)
+        cut = cut - median(data)
     if not np.all(np.isfinite(cut)):
         raise CentroidFailed("non-finite pixels in the search box")
     if np.ptp(cut) <= 0:
