@@ -64,7 +64,7 @@ class RejectConfig:
     """
 
     max_residual: float = 0.5
-    max_elongation: float | None = 0.4
+    max_elongation: float | None = 0.5
     max_fwhm_ratio: float | None = 1.75
     max_sigma: float | None = 0.25
 

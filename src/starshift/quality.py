@@ -9,12 +9,13 @@ above the local background, and returns the median FWHM and elongation ``1 - b/a
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
 def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
-                threshold: float = 3.0, min_peak_snr: float = 15.0, min_stars: int = 3
+                threshold: float = 3.0, min_peak_snr: float = 15.0, min_stars: int = 5
                 ) -> tuple[float, float, int]:
     """Median FWHM (px) and elongation (1 - b/a) of the stars at ``positions``.
 
@@ -52,11 +53,15 @@ def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
         return float("nan"), float("nan"), 0
     off = np.arange(-radius, radius + 1)
     stack = data[iy[:, None, None] + off[None, :, None], ix[:, None, None] + off[None, None, :]]
-    border = np.concatenate([stack[:, 0, :], stack[:, -1, :], stack[:, :, 0], stack[:, :, -1]],
-                            axis=1)
-    bkg = np.nanmedian(border, axis=1)
-    noise = 1.4826 * np.nanmedian(np.abs(border - bkg[:, None]), axis=1)
-    w = stack - bkg[:, None, None]
+    # a 3x3 median removes hot pixels and cosmic rays, which would dominate second moments
+    stack = ndimage.median_filter(stack, size=(1, 3, 3), mode="nearest")
+    # background per cutout row, from the columns outside the star's core: row banding (a
+    # common fixed pattern of small cameras) would otherwise make every star look elongated
+    outer = np.abs(off) > radius // 2
+    bkg = np.nanmedian(stack[:, :, outer], axis=2)  # (n, rows)
+    flat = stack - bkg[:, :, None]
+    noise = 1.4826 * np.nanmedian(np.abs(flat[:, :, outer]).reshape(len(flat), -1), axis=1)
+    w = flat
     w = np.where(np.isfinite(w) & (w > threshold * noise[:, None, None]), w, 0.0)
     m = w.sum(axis=(1, 2))
     peak = w.max(axis=(1, 2))
