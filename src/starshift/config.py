@@ -6,7 +6,8 @@ Three shapes share the same pieces:
 * :class:`PipelineConfig` -- the DVC pipeline (``params.yaml``): shared groups (``shift``,
   ``reject``, ``auto``, ``report``, ``sample``) plus one :class:`NightConfig` per night under
   ``nights.<name>``, composed from ``conf/config.yaml`` and ``conf/night/<name>.yaml``.
-* :class:`SweepConfig` -- one night for a Hydra multirun (``starshift sweep``).
+* ``conf/sweep.yaml`` -- one night (``night: <name>``) plus the shared groups, for a Hydra
+  multirun (``starshift sweep``); each job's night is validated as an :class:`AlignConfig`.
 
 A night's effective :class:`AlignConfig` is its :class:`NightConfig` plus the shared groups; a
 top-level ``centroid.box_size`` / ``centroid.box_center`` that is set (not null) overrides every
@@ -150,15 +151,6 @@ class PipelineConfig:
     nights: dict[str, NightConfig] = field(default_factory=dict)
 
 
-@dataclass
-class SweepConfig:
-    night: NightConfig = field(default_factory=NightConfig)
-    centroid: CentroidOverride = field(default_factory=CentroidOverride)
-    shift: ShiftConfig = field(default_factory=ShiftConfig)
-    reject: RejectConfig = field(default_factory=RejectConfig)
-    auto: AutoConfig = field(default_factory=AutoConfig)
-
-
 # --------------------------------------------------------------------------- helpers
 def _open_pre_shift(node: DictConfig) -> DictConfig:
     """Let ``pre_shift`` take new file-name keys under Hydra's struct mode."""
@@ -172,14 +164,17 @@ def align_schema() -> DictConfig:
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    """Register the align schema in Hydra's ConfigStore (idempotent).
+
+    It is the primary config of ``starshift align``. The pipeline's YAML (conf/) does not refer
+    to ConfigStore entries, because DVC composes conf/ in its own process, where they do not
+    exist; the pipeline and sweep configs are validated against :class:`PipelineConfig` /
+    :class:`AlignConfig` after composition instead (:func:`validate_pipeline`,
+    :func:`effective_align`).
+    """
     from hydra.core.config_store import ConfigStore
 
-    cs = ConfigStore.instance()
-    cs.store(name="starshift_align", node=align_schema())
-    cs.store(name="starshift_pipeline_schema", node=OmegaConf.structured(PipelineConfig))
-    cs.store(group="night", name="starshift_night_schema",
-             node=_open_pre_shift(OmegaConf.structured(NightConfig)))
+    ConfigStore.instance().store(name="starshift_align", node=align_schema())
 
 
 def _one_line(exc: BaseException) -> str:
@@ -248,24 +243,6 @@ def compose_align(overrides: list[str]) -> DictConfig:
         raise config_error(exc, "override") from exc
     check_align(cfg)
     return cfg
-
-
-def compose_pipeline(conf_dir: str | Path = "conf", overrides: list[str] | None = None,
-                     config_name: str = "config") -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with overrides and validate it against the schema."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    conf_dir = Path(conf_dir).resolve()
-    if not (conf_dir / f"{config_name}.yaml").is_file():
-        raise StarshiftError(f"{conf_dir}/{config_name}.yaml: not found; run from the project root")
-    register_configs()
-    try:
-        with initialize_config_dir(version_base=None, config_dir=str(conf_dir)):
-            cfg = compose(config_name=config_name, overrides=list(overrides or []))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise config_error(exc, "conf") from exc
-    return validate_pipeline(cfg)
 
 
 def validate_pipeline(cfg: Any) -> DictConfig:

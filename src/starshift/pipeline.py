@@ -8,7 +8,6 @@ writes it (compose, resolve, ``OmegaConf.to_yaml``), so ``starshift compose`` an
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -104,8 +103,3 @@ def run_stage(stage: str, night: str | None, params: str | Path = "params.yaml",
         night_report(night, input_dir, paths, ncfg, cfg.report, to_plain(cfg), progress)
     else:
         raise StarshiftError(f"unknown stage {stage!r}: centroid, shift, reject, report, summary")
-
-
-def project_root_check() -> None:
-    if not Path("params.yaml").is_file() and not Path("conf").is_dir():
-        raise StarshiftError(f"{os.getcwd()}: not a starshift project (no params.yaml or conf/)")
