@@ -112,15 +112,15 @@ def test_shared_setting_reruns_every_night_but_not_the_sample():
 
 # --------------------------------------------------------------------------- sweep
 def test_sweep_multirun_writes_jobs_and_summary(small_night, tmp_path, monkeypatch):
-    from starshift.sweep import run_sweep
-
     conf = tmp_path / "conf"
     shutil.copytree(ROOT / "conf", conf)
     (conf / "night" / "tiny.yaml").write_text(
         f"input_dir: {small_night}\nmethod: box\ncentroid:\n  box_center: [80, 60]\n"
         "  box_size: 21\n")
     monkeypatch.chdir(tmp_path)
-    rc = run_sweep(["-m", "night=tiny", "centroid.box_size=9,21"], conf_dir=conf)
+    from starshift.cli import main
+
+    rc = main(["-q", "sweep", "--conf", str(conf), "-m", "night=tiny", "centroid.box_size=9,21"])
     assert rc == 0
     [sweep_dir] = list((tmp_path / "sweeps" / "tiny").iterdir())
     jobs = sorted(p.parent.name for p in sweep_dir.glob("*/metrics.json"))

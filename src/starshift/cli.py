@@ -147,7 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Hydra's own flags (-m, --multirun, --cfg ...) pass through to `starshift sweep` untouched
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "sweep":
+        args.hydra_args = extra + list(args.hydra_args)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s")
     try:
