@@ -90,8 +90,8 @@ AutoConfig = _auto_config_class()
 
 
 @dataclass
-class AlignConfig:
-    """Everything needed to align one directory of frames."""
+class FramesConfig:
+    """Which frames, measured how: the settings a night and ``starshift align`` share."""
 
     method: str = "auto"
     reference: str | None = None
@@ -99,22 +99,22 @@ class AlignConfig:
     pre_shift: dict[str, list[int]] = field(default_factory=dict)
     bad_frames: list[str] = field(default_factory=list)
     centroid: CentroidConfig = field(default_factory=CentroidConfig)
+
+
+@dataclass
+class AlignConfig(FramesConfig):
+    """Everything needed to align one directory of frames."""
+
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     reject: RejectConfig = field(default_factory=RejectConfig)
     auto: AutoConfig = field(default_factory=AutoConfig)
 
 
 @dataclass
-class NightConfig:
+class NightConfig(FramesConfig):
     """One night of the pipeline: where its frames are and its seed settings."""
 
     input_dir: str = "???"
-    method: str = "auto"
-    reference: str | None = None
-    glob: str = "*.fit,*.fits,*.fts"
-    pre_shift: dict[str, list[int]] = field(default_factory=dict)
-    bad_frames: list[str] = field(default_factory=list)
-    centroid: CentroidConfig = field(default_factory=CentroidConfig)
 
 
 @dataclass

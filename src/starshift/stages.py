@@ -81,14 +81,20 @@ def _pre(cfg: DictConfig, name: str) -> tuple[int, int]:
     return (0, 0) if value is None else (int(value[0]), int(value[1]))
 
 
+def _pre_shifted(data: np.ndarray, name: str, cfg: DictConfig) -> np.ndarray:
+    """The frame after its hand-made pre-shift (whole pixels, as the seed did), if it has one."""
+    pdx, pdy = _pre(cfg, name)
+    return apply_shift(data, pdx, pdy, order=0, fill=cfg.shift.fill) if (pdx or pdy) else data
+
+
 def load_reference(path: Path, cfg: DictConfig) -> Reference:
     data, _ = io.read_frame(path)
     position = None
     if cfg.centroid.box_center is not None:
         pdx, pdy = _pre(cfg, path.name)
-        pre = apply_shift(data, pdx, pdy, order=0, fill=cfg.shift.fill) if (pdx or pdy) else data
         try:
-            x, y = box_centroid(pre, cfg.centroid.box_center, cfg.centroid.box_size)
+            x, y = box_centroid(_pre_shifted(data, path.name, cfg), cfg.centroid.box_center,
+                                cfg.centroid.box_size)
             position = (x - pdx, y - pdy)
         except CentroidFailed as exc:
             if cfg.method == "box":
@@ -116,8 +122,8 @@ def measure_frame(data: np.ndarray, name: str, ref: Reference, cfg: DictConfig) 
         if cfg.method == "box":
             row[C.N_STARS] = 1
         return row
+    pre = _pre_shifted(data, name, cfg)
     if cfg.method == "box":
-        pre = apply_shift(data, pdx, pdy, order=0, fill=cfg.shift.fill) if (pdx or pdy) else data
         try:
             x, y = box_centroid(pre, cfg.centroid.box_center, cfg.centroid.box_size)
         except CentroidFailed as exc:
@@ -129,8 +135,7 @@ def measure_frame(data: np.ndarray, name: str, ref: Reference, cfg: DictConfig) 
         return row
     from .register import estimate_shift
 
-    work = apply_shift(data, pdx, pdy, order=0, fill=cfg.shift.fill) if (pdx or pdy) else data
-    est = estimate_shift(ref.prepared, work, **_auto_params(cfg))
+    est = estimate_shift(ref.prepared, pre, **_auto_params(cfg))
     if not est.ok:
         row.update({C.STATUS: C.FAILED, C.REASON: est.reason or "automatic alignment failed",
                     C.METHOD: f"auto:{est.method}"})

@@ -134,6 +134,14 @@ def _sym_limit(values, floor: float, cap: float = math.inf) -> float:
     return min(cap, max(floor, 1.1 * float(v.max()))) if v.size else floor
 
 
+def _limit_band(ax, ylim: float, max_residual: float) -> None:
+    """Symmetric y range, dashed lines at +-max_residual and a faint zero line."""
+    ax.set_ylim(-ylim, ylim)
+    for v in (-max_residual, max_residual):
+        ax.axhline(v, color="0.35", ls="--", lw=0.8, zorder=1)
+    ax.axhline(0.0, color="0.75", lw=0.6, zorder=1)
+
+
 def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = "") -> bytes:
     """PNG of the residual ("new shift") per frame, coloured by status.
 
@@ -172,10 +180,7 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
         rdx, rdy = diag[C.RESIDUAL_DX].to_numpy(float), diag[C.RESIDUAL_DY].to_numpy(float)
         # the limit band stays readable: outliers are drawn at the edge with their value
         lim = _sym_limit(np.concatenate([rdx, rdy]), 2.0 * max_residual, 6.0 * max_residual)
-        ax.set_ylim(-lim, lim)
-        for v in (-max_residual, max_residual):
-            ax.axhline(v, color="0.35", ls="--", lw=0.8, zorder=1)
-        ax.axhline(0.0, color="0.75", lw=0.6, zorder=1)
+        _limit_band(ax, lim, max_residual)
         missing = _plot_pairs(ax, x, rdx, rdy, colors, lim)
         ax.set_ylabel("new shift (px)")
         ax.grid(axis="y", color="0.92", lw=0.5)
@@ -192,10 +197,7 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
             err = err[np.isfinite(err)]
             bulk = float(np.percentile(err, 95)) if err.size else 0.0
             lim2 = min(max(0.1, 1.3 * bulk), 6.0 * max_residual)
-            ax2.set_ylim(-lim2, lim2)
-            for v in (-max_residual, max_residual):
-                ax2.axhline(v, color="0.35", ls="--", lw=0.8, zorder=1)
-            ax2.axhline(0.0, color="0.75", lw=0.6, zorder=1)
+            _limit_band(ax2, lim2, max_residual)
             miss2 = _plot_pairs(ax2, x, ex, ey, colors, lim2)
             ax2.set_ylabel("estimate - truth (px)")
             ax2.grid(axis="y", color="0.92", lw=0.5)
