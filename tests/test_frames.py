@@ -93,3 +93,84 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
 def test_params_hash_is_stable_and_order_free():
     assert frames.params_hash({"a": 1, "b": [1, 2]}) == frames.params_hash({"b": [1, 2], "a": 1})
     assert len(frames.params_hash({})) == 12
+
+
+def _astropy_bytes(data, header, path):
+    hdr = header.copy()
+    for key in ("BZERO", "BSCALE", "BLANK"):
+        hdr.remove(key, ignore_missing=True)
+    fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=hdr).writeto(
+        path, output_verify="silentfix")
+    return path.read_bytes()
+
+
+def _rich_header():
+    hdr = fits.Header()
+    hdr["EXTEND"] = (True, "may have extensions")
+    hdr["BITPIX"] = 16
+    hdr["BZERO"] = 32768
+    hdr["BSCALE"] = 1
+    hdr["FILTER"] = ("V", "optical filter")
+    hdr["EXPTIME"] = (30.5, "[s]")
+    hdr["DATE-OBS"] = "2018-03-09T10:00:00.000"
+    hdr["LONGSTR"] = "x" * 150  # CONTINUE cards
+    hdr["HIERARCH ESO DET CHIP"] = "CCD-1"
+    hdr["COMMENT"] = "a comment"
+    hdr["HISTORY"] = "reduced by hand"
+    hdr[""] = "blank keyword card"
+    return hdr
+
+
+@pytest.mark.parametrize("header", [fits.Header(), _rich_header(),
+                                    fits.Header({"FILTER": "B", "PICTTYPE": 1})])
+@pytest.mark.parametrize("shape", [(3, 4), (510, 765), (37, 1)])
+def test_write_frame_bytes_equal_astropy(tmp_path, header, shape):
+    rng = np.random.default_rng(1)
+    data = rng.normal(100, 10, shape)
+    data.flat[0] = np.nan
+    frames.write_frame(tmp_path / "ours.fit", data, header)
+    ours = (tmp_path / "ours.fit").read_bytes()
+    assert ours == _astropy_bytes(data, header, tmp_path / "astropy.fit")
+    assert len(ours) % 2880 == 0
+
+
+@pytest.mark.parametrize("dtype, kwargs", [
+    (np.float32, {}), (np.float64, {}), (np.int16, {}), (np.uint16, {}), (np.int32, {}),
+    (np.uint32, {}), (np.uint8, {}), (np.int8, {}),
+    (np.int16, {"bscale": 2.0, "bzero": 10.0}),  # scaled integers: astropy's path
+    (np.int16, {"blank": -1}),  # BLANK: astropy's path
+])
+def test_read_frame_values_equal_astropy(tmp_path, dtype, kwargs):
+    rng = np.random.default_rng(2)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    if info is not None:
+        raw = rng.integers(info.min, info.max, (6, 5), endpoint=True).astype(dtype)
+    else:
+        raw = rng.normal(0, 1e3, (6, 5)).astype(dtype)
+    path = tmp_path / "f.fit"
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["FILTER"] = "R"
+    if "bscale" in kwargs:
+        hdu.scale("int16", bscale=kwargs["bscale"], bzero=kwargs["bzero"])
+    if "blank" in kwargs:
+        hdu.header["BLANK"] = kwargs["blank"]
+    hdu.writeto(path)
+    data, header = frames.read_frame(path)
+    with fits.open(path) as hdul:
+        expect = np.asarray(hdul[0].data, dtype=np.float64)
+    np.testing.assert_array_equal(data, expect)
+    assert data.dtype == np.float64 and header["FILTER"] == "R"
+    assert "BZERO" not in header and "BSCALE" not in header
+
+
+def test_read_frame_image_in_an_extension_and_truncated_file(tmp_path):
+    path = tmp_path / "ext.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.ones((4, 3), np.float32))]).writeto(path)
+    data, _ = frames.read_frame(path)
+    assert data.shape == (4, 3)
+    good = tmp_path / "ok.fit"
+    fits.PrimaryHDU(np.ones((100, 100), np.float32)).writeto(good)
+    cut = tmp_path / "cut.fit"
+    cut.write_bytes(good.read_bytes()[:5000])
+    with pytest.raises(StarshiftError, match="cut.fit"):
+        frames.read_frame(cut)

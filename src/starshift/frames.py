@@ -115,11 +115,25 @@ def _first_unreadable(files: Iterable[Path]) -> Path | None:
 
 
 # --------------------------------------------------------------------------- FITS
+#: FITS block size (bytes): headers and data are padded to multiples of it.
+_BLOCK = 2880
+#: BITPIX -> big-endian dtype of the stored values.
+_BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+#: BITPIX -> the BZERO that marks unsigned (or, for 8, signed) integers stored with an offset.
+_INT_OFFSETS = {8: -128.0, 16: 32768.0, 32: 2147483648.0, 64: 9223372036854775808.0}
+
+
 def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
     """Read the primary image of a FITS file as float64 (BZERO/BSCALE applied) and its header.
 
     A header without BUNIT is taken to be in ADU (BUNIT='adu' is added to the returned copy).
     The file itself is never modified.
+
+    A plain 2-D primary image (what CCD cameras write: float, or integers with at most the
+    unsigned-integer BZERO offset, no BLANK) is read directly from the file's bytes, with the
+    header parsed by astropy: about 3 times faster than going through ``fits.open``, for the
+    same values. Anything else (extensions, scaled or blanked integers, compressed files) is
+    read through ``fits.open``.
     """
     path = Path(path)
     if not path.is_file():
@@ -127,12 +141,17 @@ def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            with fits.open(path, memmap=False) as hdul:
-                hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2), None)
-                if hdu is None:
-                    raise StarshiftError(f"{path}: no 2-D image in this FITS file")
-                data = np.asarray(hdu.data, dtype=np.float64)
-                header = hdu.header.copy()
+            simple = _read_plain_image(path)
+            if simple is not None:
+                data, header = simple
+            else:
+                with fits.open(path, memmap=False) as hdul:
+                    hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2),
+                               None)
+                    if hdu is None:
+                        raise StarshiftError(f"{path}: no 2-D image in this FITS file")
+                    data = np.asarray(hdu.data, dtype=np.float64)
+                    header = hdu.header.copy()
     except StarshiftError:
         raise
     except Exception as exc:
@@ -144,17 +163,99 @@ def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
     return data, header
 
 
+def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
+    """The fast path of :func:`read_frame`; None when the file is not a plain 2-D image."""
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    if not buf.startswith(b"SIMPLE  =                    T"):
+        return None
+    end = -1
+    for start in range(0, len(buf) - 79, 80):  # the END card closes the header
+        if buf[start: start + 3] == b"END" and not buf[start + 3: start + 80].strip():
+            end = start
+            break
+    if end < 0:
+        return None
+    hlen = (end // _BLOCK + 1) * _BLOCK
+    header = fits.Header.fromstring(buf[:end + 80].decode("ascii"))
+    bitpix = header.get("BITPIX")
+    if header.get("NAXIS") != 2 or bitpix not in _BITPIX_DTYPES or "BLANK" in header:
+        return None
+    if header.get("GROUPS") or header.get("PCOUNT", 0) or header.get("GCOUNT", 1) != 1:
+        return None
+    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
+    if bscale != 1 or bzero not in (0, _INT_OFFSETS.get(bitpix)):
+        return None
+    nx, ny = header.get("NAXIS1"), header.get("NAXIS2")
+    if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0):
+        return None
+    dtype = np.dtype(_BITPIX_DTYPES[bitpix])
+    if len(buf) < hlen + nx * ny * dtype.itemsize:
+        return None  # truncated: let astropy say what is wrong
+    data = np.frombuffer(buf, dtype=dtype, count=nx * ny, offset=hlen).reshape(ny, nx)
+    data = data.astype(np.float64)
+    if bzero:
+        data += bzero
+    return data, header
+
+
 def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None
                 ) -> None:
-    """Write ``data`` as float32 with ``header`` to ``path`` atomically (temp file + rename)."""
+    """Write ``data`` as float32 with ``header`` to ``path`` atomically (temp file + rename).
+
+    The bytes are those astropy's ``PrimaryHDU(data, header).writeto`` produces (a test checks
+    it): the mandatory keywords, then the header's other cards in order (structural keywords
+    and BZERO/BSCALE/BLANK dropped), END, and the big-endian float32 pixels, each padded to
+    2880-byte blocks. Formatting them here skips astropy's HDU machinery, which costs 2-3
+    times the time of writing the file.
+    """
     path = Path(path)
-    hdr = fits.Header() if header is None else header.copy()
-    for key in ("BZERO", "BSCALE", "BLANK"):
-        hdr.remove(key, ignore_missing=True)
-    hdu = fits.PrimaryHDU(np.asarray(data, dtype=np.float32), header=hdr)
+    if header is None:
+        header = fits.Header()
+    values = np.asarray(data, dtype=">f4")
+    if values.ndim != 2:
+        raise ValueError(f"write_frame needs a 2-D image, got shape {values.shape}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        _atomic(path, lambda tmp: hdu.writeto(tmp, overwrite=True, output_verify="silentfix"))
+        head = _primary_header_bytes(header, values.shape)
+    pad = (-values.nbytes) % _BLOCK
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(head)
+            fh.write(values.data if values.flags.c_contiguous else values.tobytes())
+            fh.write(b"\0" * pad)
+
+    _atomic(path, _write)
+
+
+#: Keywords astropy's ``Header.strip`` drops (they describe the old HDU's layout), plus the
+#: integer scaling keywords, which do not apply to float32 data.
+_STRUCTURAL = frozenset({"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "EXTEND", "PCOUNT", "GCOUNT",
+                         "GROUPS", "BSCALE", "BZERO", "TFIELDS", "BLANK"})
+_TABLE_KEYS = ("TFORM", "TSCAL", "TZERO", "TNULL", "TTYPE", "TUNIT", "TDISP", "TDIM", "THEAP",
+               "TBCOL")
+#: The first three cards of every float32 primary header, as astropy formats them.
+_PRIMARY_START = "".join(fits.Card(*c).image for c in (
+    ("SIMPLE", True, "conforms to FITS standard"),
+    ("BITPIX", -32, "array data type"),
+    ("NAXIS", 2, "number of array dimensions")))
+
+
+def _primary_header_bytes(header: fits.Header, shape: tuple[int, int]) -> bytes:
+    """Header block of a float32 primary image of ``shape`` carrying ``header``'s cards."""
+    naxis = header.get("NAXIS", 0)
+    tfields = header.get("TFIELDS", 0)
+    drop = set(_STRUCTURAL)
+    drop.update(f"NAXIS{i + 1}" for i in range(naxis if isinstance(naxis, int) else 0))
+    if isinstance(tfields, int):
+        drop.update(f"{k}{i + 1}" for k in _TABLE_KEYS for i in range(tfields))
+    parts = [_PRIMARY_START, fits.Card("NAXIS1", shape[1]).image,
+             fits.Card("NAXIS2", shape[0]).image]
+    parts.extend(card.image for card in header.cards if card.keyword not in drop)
+    parts.append("END".ljust(80))
+    text = "".join(parts)
+    return (text + " " * ((-len(text)) % _BLOCK)).encode("ascii")
 
 
 # --------------------------------------------------------------------------- tables & text
