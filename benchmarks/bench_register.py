@@ -56,7 +56,7 @@ from starshift import columns as C  # noqa: E402
 from starshift.centroid import CentroidFailed, box_centroid, box_slices  # noqa: E402
 from starshift.frames import find_light_frames, read_frame, read_table, write_frame  # noqa: E402
 from starshift.register import estimate_shift, prepare_reference  # noqa: E402
-from starshift.shift import apply_shift, subtract_background  # noqa: E402
+from starshift.shift import apply_shift, fill_value, subtract_background  # noqa: E402
 
 NIGHTS = ("march_29_2018", "april_30_2018", "march_09_2018", "drift_lowsnr", "crowded_jumps")
 #: the seed analysis's search boxes: (x, y) centre and side, pixels
@@ -106,9 +106,10 @@ def _align_auto(prep, f, out):
     t.append(time.perf_counter())
     if not est.ok:
         return False, t
-    shifted = apply_shift(data, est.dx, est.dy, order=0)
+    cval = fill_value(data)
+    shifted = apply_shift(data, est.dx, est.dy, order=0, fill=cval)
     t.append(time.perf_counter())
-    shifted, bkg = subtract_background(shifted)
+    shifted, bkg = subtract_background(shifted, common=cval)
     t.append(time.perf_counter())
     _finish(shifted, header, round(est.dx), round(est.dy), bkg, out)
     t.append(time.perf_counter())
@@ -120,9 +121,10 @@ def _align_floor(f, out):
     t = [time.perf_counter()]
     data, header = read_frame(f)
     t.append(time.perf_counter())
-    shifted = apply_shift(data, 0.0, 0.0, order=0)
+    cval = fill_value(data)
+    shifted = apply_shift(data, 0.0, 0.0, order=0, fill=cval)
     t.append(time.perf_counter())
-    shifted, bkg = subtract_background(shifted)
+    shifted, bkg = subtract_background(shifted, common=cval)
     t.append(time.perf_counter())
     _finish(shifted, header, 0, 0, bkg, out)
     t.append(time.perf_counter())
@@ -139,13 +141,14 @@ def _align_box(ref_xy, centre, size, f, out):
         x, y = box_centroid(data, centre, size)
         t.append(time.perf_counter())
         dx, dy = round(ref_xy[0] - x), round(ref_xy[1] - y)
-        shifted = apply_shift(data, dx, dy, order=0)
+        cval = fill_value(data)
+        shifted = apply_shift(data, dx, dy, order=0, fill=cval)
         t.append(time.perf_counter())
         box_centroid(shifted, centre, size)  # the seed's "new shift" check
         t.append(time.perf_counter())
     except CentroidFailed:
         return False, t
-    shifted, bkg = subtract_background(shifted)
+    shifted, bkg = subtract_background(shifted, common=cval)
     t.append(time.perf_counter())
     _finish(shifted, header, dx, dy, bkg, out)
     t.append(time.perf_counter())

@@ -5,7 +5,7 @@ from scipy import ndimage
 
 from starshift.centroid import CentroidFailed, box_centroid, box_slices
 from starshift.errors import StarshiftError
-from starshift.shift import apply_shift, subtract_background
+from starshift.shift import apply_shift, median, subtract_background
 
 
 def test_sign_convention_shift_moves_frame_onto_reference():
@@ -97,3 +97,29 @@ def test_fast_median_equals_numpy(dtype, n):
         a[::3] = np.nan
         assert median(a) == np.nanmedian(a)
     assert np.isnan(median(np.full(4, np.nan)))
+
+
+@pytest.mark.parametrize("n_fill", [0, 10, 3000, 9999, 10000])
+@pytest.mark.parametrize("size", [10000, 10001])
+def test_median_with_a_common_value_equals_nanmedian(n_fill, size):
+    rng = np.random.default_rng(n_fill + size)
+    a = rng.normal(100.0, 5.0, size)
+    a[:6] = np.nan
+    v = 99.7
+    a[6: 6 + n_fill] = v
+    rng.shuffle(a)
+    before = a.copy()
+    for common in (v, 1e9, -1e9, float("nan"), None):
+        assert median(a, common=common) == np.nanmedian(a)
+    np.testing.assert_array_equal(a, before)  # the input is never reordered
+
+
+def test_subtract_background_after_a_large_shift_is_unchanged_by_the_hint():
+    rng = np.random.default_rng(3)
+    data = rng.normal(50.0, 3.0, (120, 90)).astype(np.float32).astype(float)
+    cval = median(data)
+    shifted = apply_shift(data, 60, -70, fill=cval)
+    a, bkg_a = subtract_background(shifted)
+    b, bkg_b = subtract_background(shifted, common=cval)
+    assert bkg_a == bkg_b == np.median(shifted)
+    np.testing.assert_array_equal(a, b)

@@ -27,7 +27,7 @@ from .centroid import CentroidFailed, box_centroid
 from .config import to_plain
 from .errors import StarshiftError
 from .quality import shape_rejection, star_shapes
-from .shift import apply_shift, subtract_background
+from .shift import apply_shift, fill_value, subtract_background
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +212,14 @@ def residual(shifted: np.ndarray, row, applied: tuple[float, float], ref: Refere
 def shift_frame(data: np.ndarray, header, row, ref: Reference, cfg: DictConfig, phash: str):
     """Shift one raw frame; returns (output data, header, diagnostics update)."""
     adx, ady = applied_shift(row, cfg.shift.order)
-    shifted = apply_shift(data, adx, ady, order=cfg.shift.order, fill=cfg.shift.fill)
+    cval = fill_value(data, cfg.shift.fill)
+    shifted = apply_shift(data, adx, ady, order=cfg.shift.order, fill=cval)
     rdx, rdy, why = residual(shifted, row, (adx, ady), ref, cfg)
     fwhm, elong, _ = star_shapes(shifted, ref.stars) if ref.stars is not None and len(
         ref.stars) else (np.nan, np.nan, 0)
     bkg = 0.0
     if cfg.shift.subtract_background:
-        shifted, bkg = subtract_background(shifted)
+        shifted, bkg = subtract_background(shifted, common=cval)
     hdr = header.copy()
     hdr["XOFFSET"] = (float(hdr.get("XOFFSET", 0.0)) + adx, "[px] x shift applied (accumulated)")
     hdr["YOFFSET"] = (float(hdr.get("YOFFSET", 0.0)) + ady, "[px] y shift applied (accumulated)")
