@@ -167,14 +167,17 @@ def _align_notebook(ref_xy, centre, size, f, out):
     t.append(time.perf_counter())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sub = data - np.median(data)
-        cx, cy = centroid_2dg(sub[sy, sx])
-        t.append(time.perf_counter())
-        dx, dy = round(ref_xy[0] - cx - sx.start), round(ref_xy[1] - cy - sy.start)
-        shifted = ndimage.shift(data, (dy, dx), order=0, cval=np.median(data))
-        t.append(time.perf_counter())
-        centroid_2dg((shifted - np.median(shifted))[sy, sx])
-        t.append(time.perf_counter())
+        try:  # photutils raises ValueError on a flat box (the star is lost), as box does
+            sub = data - np.median(data)
+            cx, cy = centroid_2dg(sub[sy, sx])
+            t.append(time.perf_counter())
+            dx, dy = round(ref_xy[0] - cx - sx.start), round(ref_xy[1] - cy - sy.start)
+            shifted = ndimage.shift(data, (dy, dx), order=0, cval=np.median(data))
+            t.append(time.perf_counter())
+            centroid_2dg((shifted - np.median(shifted))[sy, sx])
+            t.append(time.perf_counter())
+        except ValueError:
+            return False, t
     bkg = float(np.median(shifted))
     shifted = shifted - bkg
     t.append(time.perf_counter())

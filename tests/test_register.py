@@ -253,6 +253,159 @@ def test_frames_of_other_sizes(shape):
     assert err(est, dx, dy) < 0.1
 
 
+def test_frame_banding_changing_from_frame_to_frame_is_removed(field, prepared):
+    # strong row and column banding, different in every frame (not a fixed pattern), is taken
+    # out of the coarse images and of every star cutout
+    rng = np.random.default_rng(60)
+    for i, (dx, dy) in enumerate([(4.7, -8.2), (-25.3, 14.6)]):
+        band = rng.normal(0, 40.0, (SHAPE[0], 1)) + rng.normal(0, 20.0, (1, SHAPE[1]))
+        est = estimate_shift(prepared, render(field, dx, dy, seed=610 + i, pattern=band))
+        assert est.ok and est.method == "stars", est.reason
+        assert err(est, dx, dy) < 0.05
+
+
+def test_large_frame_large_shifts(field):
+    # frames large enough for the correlation to be searched on 2 x 2 sums of the coarse
+    # images, then refined on the coarse images
+    shape = (510, 765)
+    sky = sky_field(250, seed=62, shape=shape, margin=300, flux=(1e3, 4e4))
+    prep = prepare_reference(render(sky, shape=shape, seed=620))
+    for i, (dx, dy) in enumerate([(-2.6, 1.3), (151.4, -98.7), (-287.2, 183.9)]):
+        est = estimate_shift(prep, render(sky, dx, dy, shape=shape, seed=621 + i))
+        assert est.ok and est.method == "stars", est.reason
+        assert err(est, dx, dy) < 0.05
+
+
+@pytest.mark.parametrize("params", [dict(coarse_bin=1), dict(coarse_bin=3), dict(coarse_bin=4),
+                                    dict(suppress_hot_pixels=False),
+                                    dict(remove_banding=False)])
+def test_coarse_variants(field, params):
+    # odd bins use a sliding 2 x 2 erosion, even ones a 2 x 2 block minimum
+    prep = prepare_reference(render(field, seed=630), **params)
+    est = estimate_shift(prep, render(field, 13.2, -9.9, seed=631))
+    assert est.ok, est.reason
+    assert err(est, 13.2, -9.9) < 0.05
+
+
+def test_coarse_image_drops_hot_pixels_without_a_2x2_core(field):
+    # single hot pixels, pairs, L-shaped clusters and cosmic-ray tracks never fill a whole
+    # 2 x 2 block: they barely change the coarse image (the minimum of a block becomes its
+    # second lowest pixel), while without the 2 x 2 minimum each makes a bright blob; a bright
+    # 2 x 2 block (a star's core) stays
+    from starshift.register import _coarse_image, _coarse_setup
+
+    frame = render(field, 3.3, -2.2, seed=640)
+    rng = np.random.default_rng(641)
+    hot = frame.copy()
+    taken = np.zeros(SHAPE, bool)
+    shapes = [[(0, 0)], [(0, 0), (0, 1)], [(0, 0), (1, 0)], [(0, 0), (0, 1), (1, 1)],
+              [(0, 0), (1, 1), (2, 2), (3, 3)], [(0, 0), (1, 0), (2, 0), (3, 0)]]
+    n = 0
+    while n < 250:
+        y, x = rng.integers(2, SHAPE[0] - 6), rng.integers(2, SHAPE[1] - 6)
+        if taken[y - 2: y + 6, x - 2: x + 6].any():
+            continue
+        for oy, ox in shapes[rng.integers(len(shapes))]:
+            hot[y + oy, x + ox] += rng.uniform(2e3, 6e4)
+        taken[y - 2: y + 6, x - 2: x + 6] = True
+        n += 1
+    block = frame.copy()
+    block[100:102, 150:152] += 3e4  # aligned on the 2 x 2 grid of the block minimum
+    for suppress in (True, False):
+        p = AutoParams(suppress_hot_pixels=suppress)
+        c = _coarse_setup(frame.shape, p)
+        clean = _coarse_image(frame, p, c)[0]
+        dirty = _coarse_image(hot, p, c)[0]
+        if suppress:
+            assert np.count_nonzero(dirty) < 1.1 * np.count_nonzero(clean)
+            assert np.abs(dirty - clean).max() < 0.5 * p.coarse_clip
+            assert np.abs(_coarse_image(block, p, c)[0] - clean).max() >= p.coarse_clip - 1
+        else:
+            assert np.count_nonzero(dirty) > 3 * np.count_nonzero(clean)
+
+
+def test_saturation_is_worked_out_only_as_far_as_needed(field):
+    # the stars rejected as saturated are those of the full rule (the frame maximum when at
+    # least three pixels sit at it), however little of it was needed
+    from starshift.register import (
+        _coarse_image,
+        _coarse_setup,
+        _frame_saturation,
+        _saturation_level,
+    )
+
+    p = AutoParams()
+    c = _coarse_setup(SHAPE, p)
+    frame = render(field, 1.5, 2.5, seed=670)
+    top = frame.max()
+    spots = frame.copy()
+    spots[[5, 9, 190], [7, 290, 3]] = 1.04 * top
+    spot = frame.copy()
+    spot[5, 7] = 1.04 * top
+    pair = frame.copy()
+    pair[[5, 9], [7, 290]] = 1.04 * top
+    rng = np.random.default_rng(671)
+    for img in (frame, np.minimum(frame, 0.5 * top), np.minimum(frame, 0.95 * top), spots,
+                spot, pair):
+        core = _coarse_image(img, p, c)[2]
+        full = _saturation_level(img, p)
+        # the reference's level: unknown, another one, or the same (the camera's ceiling)
+        for ref_level in (np.inf, 0.7 * top, full):
+            for peaks in (np.array([0.2, 0.5]) * top, np.array([0.5, 0.93, 1.0]) * top,
+                          rng.uniform(0.3, 1.05, 30) * top):
+                lazy = _frame_saturation(img, p, core, ref_level, True, peaks)
+                assert np.array_equal(peaks < p.saturation_fraction * lazy,
+                                      peaks < p.saturation_fraction * full)
+
+
+def test_frame_is_used_as_given_and_never_modified(field, prepared):
+    frame = render(field, -4.2, 3.1, seed=650)
+    before = frame.copy()
+    est = estimate_shift(prepared, frame)
+    assert est.ok and np.array_equal(frame, before)
+    read_only = frame.copy()
+    read_only.flags.writeable = False
+    padded = np.zeros((SHAPE[0] + 10, SHAPE[1] + 20))
+    padded[5:-5, 10:-10] = frame
+    for arr in (read_only, np.asfortranarray(frame), padded[5:-5, 10:-10],
+                frame.astype(">f8")):
+        again = estimate_shift(prepared, arr)
+        assert again.ok and err(again, est.dx, est.dy) < 1e-6
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixel_is_masked(field, prepared, value):
+    # wherever it is, a non-finite pixel acts as a masked one: no effect far from the stars;
+    # a star it touches is not used
+    dx, dy = 5.5, -3.5
+    frame = render(field, dx, dy, seed=660)
+    clean = estimate_shift(prepared, frame)
+    far = frame.copy()
+    far[3, 5] = value  # a corner of the frame, away from the catalogue stars
+    est = estimate_shift(prepared, far)
+    assert est.ok and est.n_stars == clean.n_stars and err(est, dx, dy) < 0.05
+    xs, ys = prepared.star_positions.T
+    j = np.argmin(np.hypot(xs - SHAPE[1] / 2, ys - SHAPE[0] / 2))  # a star used, surely
+    on_star = frame.copy()
+    on_star[int(round(ys[j] - dy)), int(round(xs[j] - dx))] = value
+    est = estimate_shift(prepared, on_star)
+    assert est.ok and est.n_stars == clean.n_stars - 1 and err(est, dx, dy) < 0.05
+
+
+def test_saturated_stars_in_the_frame_are_not_used(field, prepared):
+    dx, dy = 1.5, 2.5
+    frame = render(field, dx, dy, seed=670)
+    clean = estimate_shift(prepared, frame)
+    xs, ys = prepared.star_positions.T
+    ix, iy = np.rint(xs - dx).astype(int), np.rint(ys - dy).astype(int)
+    inside = (ix >= 13) & (ix < SHAPE[1] - 13) & (iy >= 13) & (iy < SHAPE[0] - 13)
+    peaks = [frame[y - 1: y + 2, x - 1: x + 2].max()
+             for y, x in zip(iy[inside], ix[inside], strict=True)]
+    level = np.sort(peaks)[-3] * 1.02  # three catalogue stars come near it
+    est = estimate_shift(prepared, np.minimum(frame, level))  # saturated: flat tops
+    assert est.ok and est.n_stars == clean.n_stars - 3 and err(est, dx, dy) < 0.05
+
+
 # --------------------------------------------------------------------------- failures
 def test_pure_noise_frame_fails_with_a_reason(prepared):
     noise = np.random.default_rng(11).normal(200, 6, SHAPE)
