@@ -155,13 +155,13 @@ def _align_box(ref_xy, centre, size, f, out):
     return True, t
 
 
-def _align_notebook(ref_xy, centre, size, f, out):
+def _align_notebook(ref_xy, box, f, out):
     """The seed notebook's steps with its own library calls (np.median, centroid_2dg on the
     median-subtracted frame, ndimage.shift order 0 filled with the median); same I/O."""
     from photutils.centroids import centroid_2dg
     from scipy import ndimage
 
-    sy, sx = box_slices((510, 765), centre, size)
+    sy, sx = box  # the search box's (y, x) slices
     t = [time.perf_counter()]
     data, header = read_frame(f)
     t.append(time.perf_counter())
@@ -263,7 +263,8 @@ def bench_night(night_dir: Path, repeat: int, astroalign, scratch: Path) -> dict
         centre, size = box
         ref_xy = box_centroid(datas[0], centre, size)
         ways["box"] = lambda f, o: _align_box(ref_xy, centre, size, f, o)
-        ways["notebook"] = lambda f, o: _align_notebook(ref_xy, centre, size, f, o)
+        slices = box_slices(datas[0].shape, centre, size)
+        ways["notebook"] = lambda f, o: _align_notebook(ref_xy, slices, f, o)
     times: dict[str, list[float]] = {k: [] for k in ways}
     parts: dict[str, list[tuple]] = {k: [] for k in ways}
     failed: dict[str, int] = {k: 0 for k in ways}
