@@ -5,7 +5,13 @@ from scipy import ndimage
 
 from starshift.centroid import CentroidFailed, box_centroid, box_slices
 from starshift.errors import StarshiftError
-from starshift.shift import apply_shift, median, subtract_background
+from starshift.shift import (
+    apply_shift,
+    integer_shift,
+    median,
+    median_after_shift,
+    subtract_background,
+)
 
 
 def test_sign_convention_shift_moves_frame_onto_reference():
@@ -123,3 +129,42 @@ def test_subtract_background_after_a_large_shift_is_unchanged_by_the_hint():
     b, bkg_b = subtract_background(shifted, common=cval)
     assert bkg_a == bkg_b == np.median(shifted)
     np.testing.assert_array_equal(a, b)
+
+
+def _shift_cases():
+    rng = np.random.default_rng(11)
+    for shape in ((40, 30), (41, 29), (1, 7)):
+        for dtype in (np.float64, np.float32, np.int16):
+            data = rng.normal(100.0, 10.0, shape).astype(dtype)
+            for dx, dy in ((0, 0), (3, -2), (-5, 7), (29, 0), (0, -40), (60, 3), (-1, 1)):
+                yield data, dx, dy, median(data)
+    data = rng.normal(100.0, 10.0, (40, 30))
+    data[5:9, 3] = np.nan
+    data[0, :] = np.nan
+    for dx, dy in ((0, 0), (2, 3), (-4, -1)):
+        for cval in (median(data), 0.0, 1e6, 100.0, float("nan")):
+            yield data, dx, dy, cval
+    # a dark lost edge: the fill no longer straddles the middle, so the counts cannot decide
+    edge = np.tile(np.arange(30.0), (40, 1))
+    yield edge, 6, 0, median(edge)
+    yield edge, -6, 0, median(edge)
+    ties = np.round(rng.normal(5.0, 1.0, (30, 30)))  # many equal values
+    yield ties, 2, -3, median(ties)
+    yield np.full((10, 10), np.nan), 1, 1, float("nan")
+
+
+def test_median_after_shift_equals_the_median_of_the_shifted_frame():
+    for data, dx, dy, cval in _shift_cases():
+        before = data.copy()
+        got = median_after_shift(data, dx, dy, cval)
+        shifted = integer_shift(np.asarray(data, dtype=float) if data.dtype.kind != "f"
+                                else data, dx, dy, cval)
+        want = float(np.nanmedian(shifted)) if not np.isnan(shifted).all() else float("nan")
+        assert got == want or (np.isnan(got) and np.isnan(want)), (data.shape, dx, dy, cval)
+        np.testing.assert_array_equal(data, before)  # the input is never touched
+
+
+def test_median_after_shift_is_the_fill_when_the_fill_is_the_frame_median():
+    data = np.random.default_rng(5).normal(300.0, 20.0, (510, 765))
+    cval = median(data)
+    assert median_after_shift(data, 4, -3, cval) == cval

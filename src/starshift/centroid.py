@@ -40,8 +40,8 @@ def box_slices(shape: tuple[int, int], box_center, box_size: int) -> tuple[slice
     return slice(y0, y0 + box_size), slice(x0, x0 + box_size)
 
 
-def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median: bool = True
-                 ) -> tuple[float, float]:
+def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median: bool = True,
+                 frame_median: float | None = None) -> tuple[float, float]:
     """Position (x, y) of the star in a search box, by photutils ``centroid_2dg``.
 
     This is the seed analysis's measurement: subtract the image median, cut a ``box_size``
@@ -57,6 +57,8 @@ def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median
         Side of the square box, pixels (even sizes allowed, as in the seed).
     subtract_median : bool
         Subtract the median of the whole frame first (the seed did).
+    frame_median : float, optional
+        That median, when the caller already knows it (it is not computed again).
 
     Returns
     -------
@@ -75,7 +77,7 @@ def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median
     sy, sx = box_slices(data.shape, box_center, box_size)
     cut = data[sy, sx]
     if subtract_median:
-        cut = cut - median(data)
+        cut = cut - (median(data) if frame_median is None else frame_median)
     if not np.all(np.isfinite(cut)):
         raise CentroidFailed("non-finite pixels in the search box")
     if np.ptp(cut) <= 0:

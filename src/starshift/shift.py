@@ -123,6 +123,43 @@ def integer_shift(data: np.ndarray, dx: int, dy: int, cval: float) -> np.ndarray
     return out
 
 
+def median_after_shift(data: np.ndarray, dx: int, dy: int, cval: float) -> float:
+    """Exact median, NaNs ignored, of ``integer_shift(data, dx, dy, cval)``, found by counting.
+
+    The shifted frame holds the pixels that stay in the frame plus one ``cval`` for each pixel
+    that left it. With the seed's fill, the frame's own median, those fill pixels nearly always
+    straddle the middle of the sorted values, and three counts (below, equal to and above
+    ``cval``) prove that the median is ``cval`` itself: about 0.2 ms on a 765 x 510 frame
+    instead of a 1 ms partial sort. When the counts do not settle it (another fill, a frame
+    whose lost edge was all faint or all bright, NaN fill) the shifted frame's median is taken
+    the usual way; the value is the same either way (a test compares it with ``np.nanmedian``).
+    """
+    data = np.asarray(data)
+    if not np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float64)
+    c = data.dtype.type(cval)  # the value the fill pixels hold in the shifted frame
+    dx, dy = int(dx), int(dy)
+    ny, nx = data.shape
+    if data.size and not np.isnan(c) and abs(dx) < nx and abs(dy) < ny:
+        kept_rows = data[max(0, -dy): ny - max(0, dy)]
+        lost = [data[ny - dy:] if dy > 0 else data[:-dy] if dy < 0 else data[:0],
+                kept_rows[:, nx - dx:] if dx > 0 else kept_rows[:, :-dx] if dx < 0
+                else data[:0]]
+        below, above, nan = (np.count_nonzero(data < c), np.count_nonzero(data > c),
+                             np.count_nonzero(np.isnan(data)))
+        for part in lost:  # the pixels that left the frame no longer count ...
+            below -= np.count_nonzero(part < c)
+            above -= np.count_nonzero(part > c)
+            nan -= np.count_nonzero(np.isnan(part))
+        # ... and as many fill pixels equal to c took their place
+        n = data.size - nan
+        equal = n - below - above
+        ks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+        if all(below <= k < below + equal for k in ks):
+            return float(c)
+    return median(integer_shift(data, dx, dy, c), common=c)
+
+
 def subtract_background(data: np.ndarray, common: float | None = None
                         ) -> tuple[np.ndarray, float]:
     """Subtract the median (the seed's background); returns the frame and the value removed.

@@ -27,7 +27,7 @@ from .centroid import CentroidFailed, box_centroid
 from .config import to_plain
 from .errors import StarshiftError
 from .quality import shape_rejection, star_shapes
-from .shift import apply_shift, fill_value, subtract_background
+from .shift import apply_shift, fill_value, median, median_after_shift
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ def applied_shift(row, order: int) -> tuple[float, float]:
 
 
 def residual(shifted: np.ndarray, row, applied: tuple[float, float], ref: Reference,
-             cfg: DictConfig) -> tuple[float, float, str]:
+             cfg: DictConfig, shifted_median: float | None = None) -> tuple[float, float, str]:
     """The shift still needed after shifting ("new shift").
 
     ``box``: the star is re-measured in the search box of the shifted frame, as the seed did.
@@ -202,7 +202,8 @@ def residual(shifted: np.ndarray, row, applied: tuple[float, float], ref: Refere
     """
     if cfg.method == "box":
         try:
-            x, y = box_centroid(shifted, cfg.centroid.box_center, cfg.centroid.box_size)
+            x, y = box_centroid(shifted, cfg.centroid.box_center, cfg.centroid.box_size,
+                                frame_median=shifted_median)
         except CentroidFailed as exc:
             return np.nan, np.nan, f"star not found after shifting: {exc}"
         return ref.position[0] - x, ref.position[1] - y, ""
@@ -214,12 +215,20 @@ def shift_frame(data: np.ndarray, header, row, ref: Reference, cfg: DictConfig, 
     adx, ady = applied_shift(row, cfg.shift.order)
     cval = fill_value(data, cfg.shift.fill)
     shifted = apply_shift(data, adx, ady, order=cfg.shift.order, fill=cval)
-    rdx, rdy, why = residual(shifted, row, (adx, ady), ref, cfg)
+    # the shifted frame's median: the seed's background, and the box re-measure's offset
+    shifted_median = None
+    if cfg.shift.subtract_background or cfg.method == "box":
+        if cfg.shift.order == 0:  # by counting, from the frame and the fill (same value)
+            shifted_median = median_after_shift(data, adx, ady, cval)
+        else:
+            shifted_median = median(shifted, common=cval)
+    rdx, rdy, why = residual(shifted, row, (adx, ady), ref, cfg, shifted_median)
     fwhm, elong, _ = star_shapes(shifted, ref.stars) if ref.stars is not None and len(
         ref.stars) else (np.nan, np.nan, 0)
     bkg = 0.0
     if cfg.shift.subtract_background:
-        shifted, bkg = subtract_background(shifted, common=cval)
+        bkg = shifted_median
+        shifted = shifted - bkg
     hdr = header.copy()
     hdr["XOFFSET"] = (float(hdr.get("XOFFSET", 0.0)) + adx, "[px] x shift applied (accumulated)")
     hdr["YOFFSET"] = (float(hdr.get("YOFFSET", 0.0)) + ady, "[px] y shift applied (accumulated)")
