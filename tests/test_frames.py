@@ -159,7 +159,9 @@ def test_read_frame_values_equal_astropy(tmp_path, dtype, kwargs):
     with fits.open(path) as hdul:
         expect = np.asarray(hdul[0].data, dtype=np.float64)
     np.testing.assert_array_equal(data, expect)
-    assert data.dtype == np.float64 and header["FILTER"] == "R"
+    # float32 images stay float32 (exact); everything else is float64, native byte order
+    assert data.dtype == (np.float32 if dtype is np.float32 else np.float64)
+    assert data.dtype.isnative and header["FILTER"] == "R"
     assert "BZERO" not in header and "BSCALE" not in header
 
 

@@ -73,9 +73,9 @@ def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median
     """
     from photutils.centroids import centroid_2dg
 
-    data = np.asarray(data, dtype=float)
+    data = np.asarray(data)
     sy, sx = box_slices(data.shape, box_center, box_size)
-    cut = data[sy, sx]
+    cut = np.asarray(data[sy, sx], dtype=np.float64)
     if subtract_median:
         cut = cut - (median(data) if frame_median is None else frame_median)
     if not np.all(np.isfinite(cut)):

@@ -124,7 +124,12 @@ _INT_OFFSETS = {8: -128.0, 16: 32768.0, 32: 2147483648.0, 64: 922337203685477580
 
 
 def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
-    """Read the primary image of a FITS file as float64 (BZERO/BSCALE applied) and its header.
+    """Read the primary image of a FITS file and its header, as floating point.
+
+    Float32 images (BITPIX = -32, what calibrated CCD frames usually are) come back as native
+    float32, exactly as stored: computing in float64 would only double the memory traffic of
+    every pass over the frame, not add information. Integer and float64 images come back as
+    float64 with BZERO/BSCALE applied.
 
     A header without BUNIT is taken to be in ADU (BUNIT='adu' is added to the returned copy).
     The file itself is never modified.
@@ -146,11 +151,14 @@ def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
                 data, header = simple
             else:
                 with fits.open(path, memmap=False) as hdul:
-                    hdu = next((h for h in hdul if h.data is not None and h.data.ndim == 2),
+                    hdu = next((h for h in hdul if h.is_image and h.header.get("NAXIS") == 2),
                                None)
-                    if hdu is None:
+                    # the stored type, read before astropy rescales the data (and the header)
+                    stored = hdu.header.get("BITPIX") if hdu is not None else None
+                    if hdu is None or hdu.data is None or hdu.data.ndim != 2:
                         raise StarshiftError(f"{path}: no 2-D image in this FITS file")
-                    data = np.asarray(hdu.data, dtype=np.float64)
+                    data = np.asarray(hdu.data, dtype=np.float32 if stored == -32
+                                      else np.float64)
                     header = hdu.header.copy()
     except StarshiftError:
         raise
@@ -193,7 +201,7 @@ def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
     if len(buf) < hlen + nx * ny * dtype.itemsize:
         return None  # truncated: let astropy say what is wrong
     data = np.frombuffer(buf, dtype=dtype, count=nx * ny, offset=hlen).reshape(ny, nx)
-    data = data.astype(np.float64)
+    data = data.astype(np.float32 if bitpix == -32 else np.float64)
     if bzero:
         data += bzero
     return data, header
