@@ -122,3 +122,20 @@ def test_cli_user_errors_are_one_line_exit_2(small_night, tmp_path, capsys, args
     err = capsys.readouterr().err.strip()
     assert err.startswith("starshift: error:") and message in err
     assert "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("method", [BOX, ["method=auto"]])
+def test_written_frames_are_the_seed_steps_exactly(small_night, tmp_path, method):
+    # the seed, in its own float32 arithmetic: fill with the frame's median, shift by whole
+    # pixels (ndimage.shift order 0), subtract the shifted frame's median, save float32
+    from scipy import ndimage
+
+    diag = align(small_night, tmp_path / "o", compose_align(method)).set_index(C.FILE)
+    for name in ("f02.fit", "f04.fit"):
+        raw = fits.getdata(small_night / name).astype(np.float32)
+        dx, dy = diag.loc[name, C.APPLIED_DX], diag.loc[name, C.APPLIED_DY]
+        shifted = ndimage.shift(raw, (dy, dx), order=0, cval=np.median(raw))
+        bkg = np.median(shifted)
+        with fits.open(tmp_path / "o" / name) as h:
+            assert h[0].header["BKGSUB"] == pytest.approx(float(bkg), abs=1e-6)
+            np.testing.assert_array_equal(h[0].data, shifted - bkg)

@@ -168,3 +168,9 @@ def test_median_after_shift_is_the_fill_when_the_fill_is_the_frame_median():
     data = np.random.default_rng(5).normal(300.0, 20.0, (510, 765))
     cval = median(data)
     assert median_after_shift(data, 4, -3, cval) == cval
+
+
+def test_box_centroid_with_a_known_frame_median_is_the_same_measurement():
+    frame = gaussian_frame(stars=((77.3, 62.6, 20000.0),), noise=5).astype(np.float32)
+    m = median(frame)
+    assert box_centroid(frame, (78, 61), 21, frame_median=m) == box_centroid(frame, (78, 61), 21)
