@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 
 from starshift import columns as C  # noqa: E402
 from starshift.centroid import CentroidFailed, box_centroid, box_slices  # noqa: E402
-from starshift.frames import find_light_frames, read_frame, read_table, write_frame  # noqa: E402
+from starshift.io import find_light_frames, read_frame, read_table, write_frame  # noqa: E402
 from starshift.register import estimate_shift, prepare_reference  # noqa: E402
 from starshift.shift import apply_shift, fill_value, median_after_shift  # noqa: E402
 

@@ -3,7 +3,7 @@ import pytest
 from astropy.io import fits
 from conftest import write_fits
 
-from starshift import frames
+from starshift import io as frames
 from starshift.errors import StarshiftError
 
 

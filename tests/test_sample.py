@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from starshift import frames, sample
+from starshift import io as frames
+from starshift import sample
 from starshift.centroid import CentroidFailed, box_centroid
 from starshift.errors import StarshiftError
 from starshift.shift import apply_shift

@@ -94,7 +94,7 @@ def test_box_centroid_failures():
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int32])
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 1001])
 def test_fast_median_equals_numpy(dtype, n):
-    from starshift.shift import median
+    from starshift._stats import median
 
     rng = np.random.default_rng(n)
     a = (rng.normal(100, 30, n) * (10 if dtype == np.int32 else 1)).astype(dtype)

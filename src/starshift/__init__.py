@@ -2,7 +2,7 @@
 
 The algorithms are pure functions on numpy arrays (:mod:`starshift.centroid`,
 :mod:`starshift.register`, :mod:`starshift.shift`, :mod:`starshift.quality`); file I/O lives in
-:mod:`starshift.frames`; :mod:`starshift.stages` ties them together for the CLI, DVC and sweeps.
+:mod:`starshift.io`; :mod:`starshift.stages` ties them together for the CLI, DVC and sweeps.
 
 Sign convention everywhere: a shift ``(dx, dy)`` is what moves a frame onto the reference,
 ``position_in_reference - position_in_frame``, x first, in pixels.

@@ -10,8 +10,8 @@ import warnings
 
 import numpy as np
 
+from ._stats import median
 from .errors import StarshiftError
-from .shift import median
 
 
 class CentroidFailed(ValueError):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import frames as io
+from . import io as fio
 from .config import load_params, night_config, to_plain, validate_pipeline
 from .errors import StarshiftError
 
@@ -56,7 +56,7 @@ def compose(out: str | Path = "params.yaml", conf_dir: str | Path = "conf",
     if check:
         return current == text
     if current != text:
-        io.write_text(out, text)
+        fio.write_text(out, text)
     return True
 
 

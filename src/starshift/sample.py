@@ -832,7 +832,7 @@ def _fits_header(cards: dict) -> fits.Header:
 def generate_night(out_dir: str | os.PathLike, night: str, seed: int = DEFAULT_SEED,
                    progress: bool = False) -> Path:
     """Write one sample night under ``out_dir/<night>/``; returns the night directory."""
-    from .frames import write_frame, write_table
+    from .io import write_frame, write_table
 
     plan = night_plan(night, seed)
     night_dir = Path(out_dir) / night

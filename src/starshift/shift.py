@@ -9,54 +9,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ._stats import median
+
 ORDERS = (0, 1, 3)
-
-
-def median(data: np.ndarray, common: float | None = None) -> float:
-    """Exact median of an array, NaNs ignored (same value as ``np.nanmedian``).
-
-    One partial sort instead of ``np.median``'s two-point selection: about 6x faster on a
-    765 x 510 frame (0.7 ms instead of 4 ms), which matters because every frame needs it for
-    the fill value, the background and the seed's centroid.
-
-    ``common`` names a value that many pixels may share, such as the fill value of a shifted
-    frame. Partial sorting slows down several-fold on a large block of equal values, so those
-    pixels are counted and set aside first; the result is the same.
-    """
-    a = np.asarray(data).ravel()
-    if a.dtype.kind != "f":
-        a = a.astype(np.float64)
-    nan = np.isnan(a)
-    a = a[~nan] if nan.any() else a
-    n = a.size
-    if n == 0:
-        return float("nan")
-    ks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
-    n_eq = n_lt = 0
-    if common is not None and not np.isnan(common):
-        eq = a == common
-        n_eq = int(np.count_nonzero(eq))
-        if n_eq > n // 16:
-            a = a[~eq]
-            n_lt = int(np.count_nonzero(a < common))
-        else:
-            n_eq = 0
-    # order statistic k of the whole array: the common value, or one of the rest (index j)
-    rest = {k: (k if k < n_lt else k - n_eq) for k in ks if not n_lt <= k < n_lt + n_eq}
-    stats = {}
-    if rest:
-        # one selection at the highest index; the one below it (even sizes) is the maximum
-        # of the lower part (numpy's multi-index partition is several times slower)
-        j = max(rest.values())
-        part = a.copy() if a is data or a.base is not None else a
-        part.partition(j)
-        stats[j] = part[j]
-        if j - 1 in rest.values():
-            stats[j - 1] = part[:j].max()
-    vals = [float(common) if k not in rest else float(stats[rest[k]]) for k in ks]
-    if len(vals) == 1:
-        return vals[0]
-    return float(np.mean(np.array(vals, dtype=a.dtype), dtype=a.dtype))
 
 
 def fill_value(data: np.ndarray, fill: str | float = "median") -> float:

@@ -22,12 +22,13 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from . import columns as C
-from . import frames as io
+from . import io as fio
+from ._stats import median
 from .centroid import CentroidFailed, box_centroid
 from .config import to_plain
 from .errors import StarshiftError
 from .quality import shape_rejection, star_shapes
-from .shift import apply_shift, fill_value, median, median_after_shift
+from .shift import apply_shift, fill_value, median_after_shift
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ REFERENCE = "reference"  # column: 1 for the night's reference frame
 # --------------------------------------------------------------------------- inputs
 def light_frames(input_dir: str | Path, cfg: DictConfig) -> list[Path]:
     """The night's light frames, sorted by name, with the config's file names checked."""
-    paths = io.find_light_frames(input_dir, cfg.glob)
+    paths = fio.find_light_frames(input_dir, cfg.glob)
     names = {p.name for p in paths}
     for key, listed in (("pre_shift", list(cfg.pre_shift)), ("bad_frames", list(cfg.bad_frames)),
                         ("reference", [cfg.reference] if cfg.reference not in (None, "auto")
@@ -60,7 +61,7 @@ def reference_index(paths: list[Path], cfg: DictConfig, progress: bool = False) 
     if cfg.reference == "auto":
         from .register import choose_reference
 
-        datas = [io.read_frame(p)[0] for p in tqdm(paths, desc="reference", disable=not progress)]
+        datas = [fio.read_frame(p)[0] for p in tqdm(paths, desc="reference", disable=not progress)]
         return int(choose_reference(datas, **_auto_params(cfg)))
     return [p.name for p in paths].index(cfg.reference)
 
@@ -88,7 +89,7 @@ def _pre_shifted(data: np.ndarray, name: str, cfg: DictConfig) -> np.ndarray:
 
 
 def load_reference(path: Path, cfg: DictConfig) -> Reference:
-    data, _ = io.read_frame(path)
+    data, _ = fio.read_frame(path)
     position = None
     if cfg.centroid.box_center is not None:
         pdx, pdy = _pre(cfg, path.name)
@@ -156,7 +157,7 @@ def measure(input_dir: str | Path, cfg: DictConfig, progress: bool = False
     ref = load_reference(ref_path, cfg)
     rows = []
     for path in tqdm(paths, desc=f"measure {Path(input_dir).name}", disable=not progress):
-        data, header = io.read_frame(path)
+        data, header = fio.read_frame(path)
         if data.shape != ref.data.shape:
             row = {C.STATUS: C.FAILED, C.PRE_DX: 0, C.PRE_DY: 0, C.METHOD: cfg.method,
                    C.REASON: f"shape {data.shape[::-1]} differs from the reference's "
@@ -285,7 +286,7 @@ def iter_shifted(input_dir: str | Path, table: pd.DataFrame, cfg: DictConfig,
                  progress: bool = False) -> Iterator[tuple[dict, np.ndarray | None, object]]:
     """Shift every measured frame; yields (diagnostics row, data or None, header)."""
     ref = reference_from_table(input_dir, table, cfg)
-    phash = io.params_hash(to_plain(cfg))
+    phash = fio.params_hash(to_plain(cfg))
     for row in tqdm(table.to_dict("records"), desc=f"shift {Path(input_dir).name}",
                     disable=not progress):
         out = {**row, C.APPLIED_DX: np.nan, C.APPLIED_DY: np.nan, C.RESIDUAL_DX: np.nan,
@@ -293,7 +294,7 @@ def iter_shifted(input_dir: str | Path, table: pd.DataFrame, cfg: DictConfig,
         if row[C.STATUS] == C.FAILED:
             yield out, None, None
             continue
-        data, header = io.read_frame(Path(input_dir) / row[C.FILE])
+        data, header = fio.read_frame(Path(input_dir) / row[C.FILE])
         shifted, hdr, update = shift_frame(data, header, row, ref, cfg, phash)
         out.update(update)
         yield out, shifted, hdr
@@ -322,7 +323,7 @@ def align(input_dir: str | Path, output_dir: str | Path, cfg: DictConfig,
     for row, data, hdr in iter_shifted(input_dir, table, cfg, progress):
         status, _ = decide(row, cfg)  # per-frame rules now; night-level ones below
         if status == C.KEPT and write_frames:
-            io.write_frame(output_dir / row[C.FILE], data, hdr)
+            fio.write_frame(output_dir / row[C.FILE], data, hdr)
         rows.append(row)
     decide_night(rows, cfg)
     for row in rows:
@@ -330,36 +331,36 @@ def align(input_dir: str | Path, output_dir: str | Path, cfg: DictConfig,
         if row[C.STATUS] != C.KEPT and stale.exists():  # night rule, or an earlier run
             stale.unlink()
     diag = finish(rows)
-    io.write_table(diag, output_dir / "diagnostics.csv")
+    fio.write_table(diag, output_dir / "diagnostics.csv")
     return diag
 
 
 def stage_measure(input_dir, out_table, cfg, progress=False) -> pd.DataFrame:
     """DVC ``centroid`` stage: the shifts table."""
     table, _ = measure(input_dir, cfg, progress)
-    io.write_table(table, out_table)
+    fio.write_table(table, out_table)
     return table
 
 
 def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
                 ) -> pd.DataFrame:
     """DVC ``shift`` stage: every measured frame shifted, plus residuals (no decisions)."""
-    table = io.read_table(shifts_table)
+    table = fio.read_table(shifts_table)
     out_dir = Path(out_dir)
     _clear_dir(out_dir)
     rows = []
     for row, data, hdr in iter_shifted(input_dir, table, cfg, progress):
         if data is not None:
-            io.write_frame(out_dir / row[C.FILE], data, hdr)
+            fio.write_frame(out_dir / row[C.FILE], data, hdr)
         rows.append(row)
     df = pd.DataFrame(rows)
-    io.write_table(df, out_table)
+    fio.write_table(df, out_table)
     return df
 
 
 def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.DataFrame:
     """DVC ``reject`` stage: statuses, and the accepted set copied to its own directory."""
-    table = io.read_table(residuals_table)
+    table = fio.read_table(residuals_table)
     out_dir = Path(out_dir)
     _clear_dir(out_dir)
     rows = table.to_dict("records")
@@ -368,9 +369,9 @@ def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.Da
         row[C.REASON] = "" if pd.isna(row.get(C.REASON)) else row[C.REASON]
     for row in decide_night(rows, cfg):
         if row[C.STATUS] == C.KEPT:
-            io.copy_file(Path(shifted_dir) / row[C.FILE], out_dir / row[C.FILE])
+            fio.copy_file(Path(shifted_dir) / row[C.FILE], out_dir / row[C.FILE])
     diag = finish(rows)
-    io.write_table(diag, out_table)
+    fio.write_table(diag, out_table)
     return diag
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import frames as io
+from . import io as fio
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def run_job(cfg) -> dict:
         diag = align(cfg.night.input_dir, out, ncfg, progress=False,
                      write_frames=bool(cfg.get("write_frames", False)))
         truth_path = Path(cfg.night.input_dir) / "truth.csv"
-        truth = io.read_table(truth_path) if truth_path.is_file() else None
+        truth = fio.read_table(truth_path) if truth_path.is_file() else None
         diag = with_truth(diag, truth)
         metrics.update(night_metrics(diag))
         metrics["box_size"] = int(ncfg.centroid.box_size)
@@ -53,8 +53,8 @@ def run_job(cfg) -> dict:
     except StarshiftError as exc:
         metrics["error"] = str(exc)
         log.error("%s: %s", out.name, exc)
-    io.write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    io.write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    fio.write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    fio.write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     return metrics
 
 
@@ -75,11 +75,11 @@ def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
              "max_error", "error"]
     df = df.reindex(columns=[c for c in first if c in df.columns]
                     + [c for c in df.columns if c not in first])
-    io.write_table(df, sweep_dir / "sweep_summary.csv")
-    io.write_text(sweep_dir / "sweep_summary.md", "# Sweep summary\n\n"
+    fio.write_table(df, sweep_dir / "sweep_summary.csv")
+    fio.write_text(sweep_dir / "sweep_summary.md", "# Sweep summary\n\n"
                   + markdown_table(df.drop(columns=["job"])) + "\n\n"
                   + "![failures and residual RMS per job](sweep_summary.png)\n")
-    io.write_bytes(sweep_dir / "sweep_summary.png", sweep_plot(df))
+    fio.write_bytes(sweep_dir / "sweep_summary.png", sweep_plot(df))
     print(f"sweep summary: {sweep_dir / 'sweep_summary.md'}")
     return df
 

@@ -1,7 +1,7 @@
 """Report building blocks: pure functions from arrays and tables to tables and image bytes.
 
 Nothing here touches the disk; the report stage (:mod:`starshift.report.pipeline`) writes what
-these return through :mod:`starshift.frames`. Heavy libraries (photutils, matplotlib, Pillow)
+these return through :mod:`starshift.io`. Heavy libraries (photutils, matplotlib, Pillow)
 are imported inside the functions that need them, so importing this package stays cheap.
 
 - :mod:`.photometry` -- star selection on the reference, aperture photometry before and after

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from .. import columns as C
-from .. import frames as io
+from .. import io as fio
 from ..stages import REFERENCE
 from .metrics import night_metrics, with_truth
 from .tables import check_marker, markdown_table
@@ -88,14 +88,14 @@ def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
     from .plots import flux_change_plot, residual_plot
 
     out = Path(paths.report)
-    diag = io.read_table(paths.diagnostics)
+    diag = fio.read_table(paths.diagnostics)
     truth_path = Path(input_dir) / "truth.csv"
-    diag = with_truth(diag, io.read_table(truth_path) if truth_path.is_file() else None)
+    diag = with_truth(diag, fio.read_table(truth_path) if truth_path.is_file() else None)
     max_res = float(ncfg.reject.max_residual)
 
-    io.write_table(diag, out / "diagnostics.csv")
+    fio.write_table(diag, out / "diagnostics.csv")
     seed = seed_markdown(diag, max_res)
-    io.write_text(out / "diagnostics.md",
+    fio.write_text(out / "diagnostics.md",
                   f"# {night}: per-frame diagnostics\n\n"
                   f"Shift = reference - frame (px, x first); new shift = the star re-measured "
                   f"after shifting; CHECK = beyond {max_res:g} px.\n\n"
@@ -104,12 +104,12 @@ def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
     # residual plot and its data (for `dvc plots`)
     res = diag[[C.FILE, C.RESIDUAL_DX, C.RESIDUAL_DY, C.STATUS]].copy()
     res.insert(0, "frame", np.arange(len(res)))
-    io.write_table(res, out / "residuals.csv")
-    io.write_bytes(out / "residuals.png", residual_plot(diag, max_res, title=night))
+    fio.write_table(res, out / "residuals.csv")
+    fio.write_bytes(out / "residuals.png", residual_plot(diag, max_res, title=night))
 
     usable = _usable(diag)
     ref_name = diag.loc[diag[REFERENCE] == 1, C.FILE].iloc[0]
-    ref_data, _ = io.read_frame(Path(input_dir) / ref_name)
+    ref_data, _ = fio.read_frame(Path(input_dir) / ref_name)
     stars = select_stars(ref_data, n=int(rcfg.n_stars))
     if ncfg.centroid.box_center is not None:
         center = tuple(float(v) for v in ncfg.centroid.box_center)
@@ -122,7 +122,7 @@ def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
     order = [ref_name] + [f for f in usable[C.FILE] if f != ref_name]
     by_file = usable.set_index(C.FILE)
     for name in tqdm(order, desc=f"report {night}", disable=not progress):
-        raw, _ = io.read_frame(Path(input_dir) / name)
+        raw, _ = fio.read_frame(Path(input_dir) / name)
         dx, dy = float(by_file.loc[name, C.DX]), float(by_file.loc[name, C.DY])
         if len(stars):
             p = shift_photometry(raw, dx, dy, stars, radius=float(rcfg.aperture_radius),
@@ -133,12 +133,12 @@ def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
         if len(gif_frames) < int(rcfg.gif_max_frames):
             gif_frames.append((name, raw, dx, dy))
     phot = pd.concat(phot_rows, ignore_index=True) if phot_rows else pd.DataFrame()
-    io.write_table(phot, out / "photometry.csv", float_format="%.6g")
+    fio.write_table(phot, out / "photometry.csv", float_format="%.6g")
     phot_summary = summarise_photometry(phot) if len(phot) else pd.DataFrame()
-    io.write_table(phot_summary, out / "photometry_summary.csv", float_format="%.6g")
+    fio.write_table(phot_summary, out / "photometry_summary.csv", float_format="%.6g")
     if len(phot):
-        io.write_bytes(out / "flux_change.png", flux_change_plot(phot, title=night))
-    io.write_bytes(out / "order0_vs_order1.gif",
+        fio.write_bytes(out / "flux_change.png", flux_change_plot(phot, title=night))
+    fio.write_bytes(out / "order0_vs_order1.gif",
                    order_comparison_gif(gif_frames, center, size=int(rcfg.gif_size),
                                         fill=ncfg.shift.fill, scale=int(rcfg.gif_scale),
                                         levels=int(rcfg.gif_levels)))
@@ -146,8 +146,8 @@ def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
     metrics = night_metrics(diag)
     if ncfg.centroid.box_center is not None:
         cmp = compare_methods(Path(input_dir), ncfg, diag, max_res)
-        io.write_table(cmp, out / "box_vs_auto.csv")
-        io.write_text(out / "box_vs_auto.md",
+        fio.write_table(cmp, out / "box_vs_auto.csv")
+        fio.write_text(out / "box_vs_auto.md",
                       f"# {night}: seed box estimate vs automatic estimate\n\n"
                       f"Shift onto the reference (px). Flagged where they differ by more than "
                       f"{max_res:g} px on either axis, or where one method failed.\n\n"
@@ -162,9 +162,9 @@ def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
                 metrics[f"max_abs_flux_change_order{o}"] = (
                     round(float(np.max(np.abs(v))), 6) if v.size else None)
     metrics["reference"] = ref_name
-    metrics["params_hash"] = io.params_hash(OmegaConf.to_container(ncfg, resolve=True))
+    metrics["params_hash"] = fio.params_hash(OmegaConf.to_container(ncfg, resolve=True))
     metrics["gif_center"] = [round(center[0], 2), round(center[1], 2)]
-    io.write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    fio.write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
@@ -211,16 +211,16 @@ def summary(cfg) -> dict:
                       f"{m.get('box_vs_auto_flagged', 0)} frame(s) flagged (differ by more "
                       "than the residual limit, or one method failed)."]
         sections.append("\n".join(lines))
-    io.write_text(root / "metrics.json", json.dumps(all_metrics, indent=2, sort_keys=True) + "\n")
+    fio.write_text(root / "metrics.json", json.dumps(all_metrics, indent=2, sort_keys=True) + "\n")
     cfg_yaml = OmegaConf.to_yaml(cfg)
     text = "\n\n".join([
         "# starshift report",
         "Generated by `dvc repro` from `params.yaml` (composed from `conf/` by "
         "`starshift compose`). Parameters hash of the whole configuration: "
-        f"`{io.params_hash(plain)}`. Regenerate with `dvc repro`; compare with "
+        f"`{fio.params_hash(plain)}`. Regenerate with `dvc repro`; compare with "
         "`dvc metrics diff main --md` and `dvc params diff main --md`.",
         *sections,
         "## Composed configuration\n\n```yaml\n" + cfg_yaml.rstrip() + "\n```",
     ]) + "\n"
-    io.write_text(root / "index.md", text)
+    fio.write_text(root / "index.md", text)
     return all_metrics
