@@ -1,4 +1,4 @@
-"""Benchmark of the automatic shift estimator (starshift.register) on the sample nights.
+"""Benchmark of the automatic shift estimator (starshift.registration) on the sample nights.
 
 Measures, in one run and one process (one thread):
 
@@ -55,18 +55,18 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from starshift import columns as C  # noqa: E402
-from starshift.centroid import CentroidFailed, box_centroid, box_slices  # noqa: E402
+from starshift.datasets import ALL_NIGHTS, SEED_BOXES  # noqa: E402
 from starshift.io import find_light_frames, read_frame, read_table, write_frame  # noqa: E402
-from starshift.register import estimate_shift, prepare_reference  # noqa: E402
+from starshift.registration import (  # noqa: E402
+    CentroidFailed,
+    box_centroid,
+    box_slices,
+    estimate_shift,
+    prepare_reference,
+)
 from starshift.shift import apply_shift, fill_value, median_after_shift  # noqa: E402
 
-NIGHTS = ("march_29_2018", "april_30_2018", "march_09_2018", "drift_lowsnr", "crowded_jumps")
-#: the seed analysis's search boxes: (x, y) centre and side, pixels
-SEED_BOXES = {
-    "march_29_2018": ((560, 426), 30),
-    "april_30_2018": ((556, 410), 25),
-    "march_09_2018": ((676, 333), 25),
-}
+NIGHTS = ALL_NIGHTS
 
 
 def _best_of(fn, repeat: int) -> tuple[float, object]:
@@ -383,7 +383,7 @@ def main(argv=None) -> int:
     try:
         data = args.data
         if data is None:
-            from starshift.sample import generate_sample
+            from starshift.datasets import generate_sample
 
             data = tmp / "sample"
             t0 = time.perf_counter()

@@ -6,17 +6,21 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from starshift._stats import FWHM_PER_SIGMA
+from starshift.datasets import render_stars
+
 
 def gaussian_frame(shape=(120, 160), stars=((80.0, 60.0, 20000.0),), fwhm=4.0, sky=100.0,
                    noise=3.0, seed=0):
-    """A frame with Gaussian stars (x, y, total flux) on a flat sky plus Gaussian noise."""
+    """A frame with Gaussian stars (x, y, total flux) on a flat sky plus Gaussian noise.
+
+    The stars are those of the synthetic nights (:func:`starshift.datasets.render_stars`:
+    integrated over the pixels), so every test draws stars the same way.
+    """
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    sigma = fwhm / 2.3548
-    data = np.full(shape, sky, dtype=float)
-    for x, y, flux in stars:
-        data += flux / (2 * np.pi * sigma**2) * np.exp(
-            -((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    x, y, flux = (np.array([star[i] for star in stars], dtype=float) for i in range(3))
+    sigma = fwhm / FWHM_PER_SIGMA
+    data = sky + render_stars(shape, x, y, flux, sigma, sigma)
     if noise:
         data += rng.normal(0, noise, shape)
     return data

@@ -9,7 +9,7 @@ from conftest import NIGHT_SHIFTS, gaussian_frame, write_fits
 from starshift import columns as C
 from starshift.cli import main
 from starshift.config import compose_align
-from starshift.stages import align
+from starshift.pipeline.stages import align
 
 BOX = ["method=box", "centroid.box_center=[80,60]", "centroid.box_size=21"]
 

@@ -7,7 +7,7 @@ import yaml
 
 from starshift.config import compose_align, load_params, night_config, validate_pipeline
 from starshift.errors import StarshiftError
-from starshift.pipeline import compose, compose_params_text
+from starshift.pipeline.compose import compose, compose_params_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -108,7 +108,8 @@ def test_dvc_yaml_lists_every_night_in_summary_and_plots():
 def test_conf_auto_defaults_equal_the_code_defaults():
     import dataclasses
 
-    from starshift.register import AutoParams
+    from starshift.registration import FrameParams, ReferenceParams
 
     conf = yaml.safe_load((CONF / "auto" / "default.yaml").read_text())
-    assert conf == {f.name: f.default for f in dataclasses.fields(AutoParams)}
+    assert conf == {f.name: f.default for cls in (ReferenceParams, FrameParams)
+                    for f in dataclasses.fields(cls)}

@@ -11,8 +11,8 @@ from conftest import NIGHT_SHIFTS, gaussian_frame, write_fits
 
 from starshift import columns as C
 from starshift.config import compose_align
+from starshift.pipeline.stages import stage_measure, stage_reject, stage_shift
 from starshift.quality import star_shapes
-from starshift.stages import stage_measure, stage_reject, stage_shift
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = ["method=box", "centroid.box_center=[80,60]", "centroid.box_size=21"]
@@ -51,7 +51,7 @@ def test_star_shapes_catch_a_doubled_frame():
 
 def test_tracking_jump_frame_is_rejected_automatically(tmp_path):
     """No hand-made bad list: a frame whose stars are doubled is rejected by its star shapes."""
-    from starshift.stages import align
+    from starshift.pipeline.stages import align
 
     night = tmp_path / "night"
     night.mkdir()

@@ -9,9 +9,9 @@ from omegaconf import OmegaConf
 
 from starshift import columns as C
 from starshift.config import ReportConfig, compose_align
-from starshift.pipeline import NightPaths
-from starshift.report.pipeline import night_report, summary
-from starshift.stages import stage_measure, stage_reject, stage_shift
+from starshift.pipeline.compose import NightPaths
+from starshift.pipeline.stages import stage_measure, stage_reject, stage_shift
+from starshift.report.build import night_report, summary
 
 BOX = ["method=box", "centroid.box_center=[80,60]", "centroid.box_size=21"]
 

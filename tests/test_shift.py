@@ -3,8 +3,7 @@ import pytest
 from conftest import gaussian_frame
 from scipy import ndimage
 
-from starshift.centroid import CentroidFailed, box_centroid, box_slices
-from starshift.errors import StarshiftError
+from starshift.registration import CentroidFailed, InvalidBox, box_centroid, box_slices
 from starshift.shift import (
     apply_shift,
     integer_shift,
@@ -85,9 +84,9 @@ def test_box_centroid_failures():
     flat = np.full((60, 60), 7.0)
     with pytest.raises(CentroidFailed):
         box_centroid(flat, (30, 30), 15)
-    with pytest.raises(StarshiftError, match="outside"):
+    with pytest.raises(InvalidBox, match="outside"):
         box_slices((60, 60), (55, 30), 15)
-    with pytest.raises(StarshiftError, match="at least"):
+    with pytest.raises(InvalidBox, match="at least"):
         box_slices((60, 60), (30, 30), 3)
 
 

@@ -35,7 +35,7 @@ example:
 
 
 def _cmd_sample(args) -> int:
-    from .sample import generate_sample
+    from .datasets import generate_sample
 
     nights = [n.strip() for n in args.nights.split(",")] if args.nights else None
     dirs = generate_sample(args.out, seed=args.seed, nights=nights, progress=not args.quiet)
@@ -47,8 +47,8 @@ def _cmd_sample(args) -> int:
 def _cmd_align(args) -> int:
     from . import columns as C
     from .config import compose_align
+    from .pipeline.stages import align
     from .report.tables import seed_table
-    from .stages import align
 
     cfg = compose_align(args.overrides)
     diag = align(args.input_dir, args.output_dir, cfg, progress=not args.quiet)
@@ -59,7 +59,7 @@ def _cmd_align(args) -> int:
 
 
 def _cmd_compose(args) -> int:
-    from .pipeline import compose
+    from .pipeline.compose import compose
 
     ok = compose(args.out, args.conf, args.overrides, check=args.check)
     if args.check and not ok:
@@ -71,14 +71,14 @@ def _cmd_compose(args) -> int:
 
 
 def _cmd_stage(args) -> int:
-    from .pipeline import run_stage
+    from .pipeline.compose import run_stage
 
     run_stage(args.stage, args.night, args.params, progress=not args.quiet)
     return 0
 
 
 def _cmd_sweep(args) -> int:
-    from .sweep import run_sweep
+    from .pipeline.sweep import run_sweep
 
     return run_sweep(args.hydra_args, conf_dir=args.conf)
 

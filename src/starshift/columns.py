@@ -31,6 +31,10 @@ FWHM = "fwhm"
 ELONGATION = "elongation"
 STATUS = "status"
 REASON = "reason"
+# 1 for the night's reference frame (shifts table)
+REFERENCE = "reference"
+# why the new shift could not be measured after shifting ('' when it could)
+REMEASURE = "remeasure"
 # truth (sample nights only)
 TRUE_DX = "true_dx"
 TRUE_DY = "true_dy"
@@ -47,3 +51,17 @@ DIAGNOSTICS = [
     FILE, FILTER, EXPTIME, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, PRE_DX, PRE_DY,
     APPLIED_DX, APPLIED_DY, RESIDUAL_DX, RESIDUAL_DY, BKGSUB, FWHM, ELONGATION, STATUS, REASON,
 ]
+
+# per-frame quality metrics (starshift.quality): stars matched with the reference, fitted
+# geometry, photometry and sky of each frame
+N_MATCHED = "n_matched"                # reference stars found in the frame
+MATCHED_FRACTION = "matched_fraction"  # n_matched / reference stars expected inside the frame
+TRANSPARENCY = "transparency"          # clipped median flux / ref_flux of the matched stars
+SKY = "sky"                            # sky level (clipped median), data units
+SKY_NOISE = "sky_noise"                # sky noise (MAD sigma), data units
+ROTATION = "rotation"                  # fitted frame -> reference rotation, deg (+x towards +y)
+SCALE = "scale"                        # fitted frame -> reference scale
+FIT_RMS = "fit_rms"                    # rms residual of that fit, px
+CORNER_SHIFT = "corner_shift"          # largest misalignment the pure shift leaves, px
+QUALITY = [N_MATCHED, MATCHED_FRACTION, TRANSPARENCY, SKY, SKY_NOISE, ROTATION, SCALE, FIT_RMS,
+           CORNER_SHIFT]

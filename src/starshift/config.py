@@ -16,7 +16,6 @@ night's own value, which is what makes ``centroid.box_size=15,20,25`` sweep a ni
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import StarshiftError
+from .registration import FrameParams, ReferenceParams
 
 METHODS = ("box", "auto")
 
@@ -70,23 +70,56 @@ class RejectConfig:
     max_sigma: float | None = 0.25
 
 
-def _auto_config_class():
-    """:class:`AutoConfig` mirrors :class:`starshift.register.AutoParams` field for field, so the
-    aligner's keyword parameters are defined once (in register.py) and typed here for Hydra."""
+@dataclass
+class AutoConfig:
+    """Parameters of the automatic aligner (``auto.*``): the fields of
+    :class:`starshift.registration.ReferenceParams` and
+    :class:`starshift.registration.FrameParams` (documented there), with their defaults
+    (written once, there). :func:`registration_params` turns it into the two."""
+
+    max_shift_fraction: float = ReferenceParams.max_shift_fraction
+    coarse_bin: int = ReferenceParams.coarse_bin
+    background_box: int = ReferenceParams.background_box
+    highpass_scale: float = ReferenceParams.highpass_scale
+    coarse_threshold: float = ReferenceParams.coarse_threshold
+    coarse_clip: float = ReferenceParams.coarse_clip
+    min_significance: float = FrameParams.min_significance
+    min_similarity: float = FrameParams.min_similarity
+    suppress_hot_pixels: bool = ReferenceParams.suppress_hot_pixels
+    remove_banding: bool = ReferenceParams.remove_banding
+    n_stars: int = ReferenceParams.n_stars
+    detect_threshold: float = ReferenceParams.detect_threshold
+    isolation: float = ReferenceParams.isolation
+    blend_ratio: float = ReferenceParams.blend_ratio
+    saturation: float = ReferenceParams.saturation
+    saturation_fraction: float = ReferenceParams.saturation_fraction
+    fwhm: float = ReferenceParams.fwhm
+    search_radius: float = FrameParams.search_radius
+    match_threshold: float = FrameParams.match_threshold
+    min_stars: int = FrameParams.min_stars
+    clip_sigma: float = FrameParams.clip_sigma
+    max_star_scatter: float = FrameParams.max_star_scatter
+    sigma_floor: float = FrameParams.sigma_floor
+    gain: float = ReferenceParams.gain
+    refine: bool = FrameParams.refine
+    ref_star_fraction: float = FrameParams.ref_star_fraction
+
+
+def registration_params(auto: Any) -> tuple[ReferenceParams, FrameParams]:
+    """The aligner's :class:`ReferenceParams` and :class:`FrameParams` from an ``auto`` config
+    (an :class:`AutoConfig`, its DictConfig node, or a mapping of its keys).
+
+    Raises :class:`StarshiftError` naming the ``auto.*`` key of a wrong value.
+    """
     import dataclasses
 
-    from .register import AutoParams
-
-    types = {"float": float, "int": int, "bool": bool, "str": str}
-    fields = [(f.name, types.get(f.type, f.type) if isinstance(f.type, str) else f.type,
-               dataclasses.field(default=f.default)) for f in dataclasses.fields(AutoParams)]
-    cls = dataclasses.make_dataclass("AutoConfig", fields)
-    cls.__doc__ = "Parameters of the automatic aligner (see starshift.register.AutoParams)."
-    cls.__module__ = __name__
-    return cls
-
-
-AutoConfig = _auto_config_class()
+    values = dataclasses.asdict(auto) if isinstance(auto, AutoConfig) else dict(to_plain(auto))
+    ref_keys = {f.name for f in dataclasses.fields(ReferenceParams)}
+    try:
+        return (ReferenceParams(**{k: v for k, v in values.items() if k in ref_keys}),
+                FrameParams(**{k: v for k, v in values.items() if k not in ref_keys}))
+    except (TypeError, ValueError) as exc:  # their messages start with the parameter's name
+        raise StarshiftError(f"auto.{exc}") from exc
 
 
 @dataclass
@@ -204,6 +237,17 @@ def validate_align(cfg: Any) -> DictConfig:
     return merged
 
 
+def parse_fill(fill: Any) -> str | float:
+    """``shift.fill`` as :func:`starshift.shift.fill_value` takes it: a keyword or a number."""
+    key = str(fill).strip().lower()
+    if key in ("median", "nan", "zero"):
+        return key
+    try:
+        return float(key)
+    except ValueError:
+        raise StarshiftError(f"shift.fill={fill}: use median, nan, zero or a number") from None
+
+
 def check_align(cfg: DictConfig) -> None:
     """Value checks the type system cannot express; raises :class:`StarshiftError`."""
     if cfg.method not in METHODS:
@@ -214,9 +258,7 @@ def check_align(cfg: DictConfig) -> None:
         raise StarshiftError("centroid.box_center: give two numbers, [x,y]")
     if cfg.shift.order not in (0, 1, 3):
         raise StarshiftError(f"shift.order={cfg.shift.order}: use 0, 1 or 3")
-    fill = str(cfg.shift.fill).lower()
-    if fill not in ("median", "nan", "zero") and not re.fullmatch(r"[-+0-9.eE]+", fill):
-        raise StarshiftError(f"shift.fill={cfg.shift.fill}: use median, nan, zero or a number")
+    parse_fill(cfg.shift.fill)
     if cfg.reject.max_residual <= 0:
         raise StarshiftError("reject.max_residual must be positive")
     if cfg.reject.max_elongation is not None and not 0 < cfg.reject.max_elongation < 1:
@@ -305,3 +347,50 @@ def to_plain(cfg: Any) -> Any:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+# --------------------------------------------------------------------------- typed parameters
+@dataclass(frozen=True)
+class NightSettings:
+    """A night's effective configuration as plain, typed values: what the stages pass on.
+
+    ``method`` is a :class:`starshift.night.Method`; ``catalogue`` the automatic aligner's
+    keyword parameters (the reference is always prepared with them: its stars are where the
+    star shapes are measured).
+    """
+
+    method: Any
+    box: Any
+    reference: str | None
+    glob: str
+    pre_shift: dict[str, tuple[int, int]]
+    bad_frames: frozenset[str]
+    shift: Any
+    limits: Any
+    catalogue: dict[str, Any]
+    params_hash: str
+
+
+def night_settings(cfg: DictConfig) -> NightSettings:
+    """Turn a validated :class:`AlignConfig` into :class:`NightSettings` (the one place)."""
+    from .io import params_hash
+    from .night import AutoMethod, Box, BoxMethod, RejectLimits, ShiftSettings
+
+    plain = to_plain(cfg)
+    auto = dict(plain["auto"])
+    c = plain["centroid"]
+    box = None if c["box_center"] is None else Box(tuple(float(v) for v in c["box_center"]),
+                                                   int(c["box_size"]))
+    methods = {"box": lambda: BoxMethod(box), "auto": lambda: AutoMethod(auto)}
+    return NightSettings(
+        method=methods[plain["method"]](),
+        box=box,
+        reference=plain["reference"],
+        glob=plain["glob"],
+        pre_shift={k: (int(v[0]), int(v[1])) for k, v in plain["pre_shift"].items()},
+        bad_frames=frozenset(plain["bad_frames"]),
+        shift=ShiftSettings(**{**plain["shift"], "fill": parse_fill(plain["shift"]["fill"])}),
+        limits=RejectLimits(**plain["reject"]),
+        catalogue=auto,
+        params_hash=params_hash(plain),
+    )

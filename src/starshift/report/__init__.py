@@ -1,6 +1,6 @@
 """Report building blocks: pure functions from arrays and tables to tables and image bytes.
 
-Nothing here touches the disk; the report stage (:mod:`starshift.report.pipeline`) writes what
+Nothing here touches the disk; the report stage (:mod:`starshift.report.build`) writes what
 these return through :mod:`starshift.io`. Heavy libraries (photutils, matplotlib, Pillow)
 are imported inside the functions that need them, so importing this package stays cheap.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import io as fio
+from .. import io as fio
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +25,10 @@ def run_job(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from . import columns as C
-    from .config import effective_align
-    from .errors import StarshiftError
-    from .report.metrics import night_metrics, with_truth
+    from .. import columns as C
+    from ..config import effective_align
+    from ..errors import StarshiftError
+    from ..report.metrics import night_metrics, with_truth
     from .stages import align
 
     hc = HydraConfig.get()
@@ -60,8 +60,8 @@ def run_job(cfg) -> dict:
 
 def summarise_sweep(sweep_dir: str | Path) -> pd.DataFrame:
     """Collect every job's metrics.json under ``sweep_dir``; write the summary table + plot."""
-    from .report.plots import sweep_plot
-    from .report.tables import markdown_table
+    from ..report.plots import sweep_plot
+    from ..report.tables import markdown_table
 
     sweep_dir = Path(sweep_dir)
     rows = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
@@ -104,8 +104,8 @@ def run_sweep(hydra_args: list[str], conf_dir: str | Path = "conf") -> int:
     """Run the Hydra app on ``conf/sweep.yaml`` with ``hydra_args`` (e.g. ``-m key=a,b``)."""
     import hydra
 
-    from .config import register_configs
-    from .errors import StarshiftError
+    from ..config import register_configs
+    from ..errors import StarshiftError
 
     conf_dir = Path(conf_dir).resolve()
     if not (conf_dir / "sweep.yaml").is_file():

@@ -13,16 +13,17 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
+from starshift import datasets
 from starshift import io as frames
-from starshift import sample
-from starshift.centroid import CentroidFailed, box_centroid
+from starshift._stats import FWHM_PER_SIGMA
 from starshift.errors import StarshiftError
+from starshift.registration import CentroidFailed, box_centroid
 from starshift.shift import apply_shift
 
 SHARED_SEED_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "seed_nights.csv"
 TRACKING_JUMP = "NGC_3201_V_60.000secs_00001596.fit"
 #: the one march_09_2018 frame that needed a pre-shift but that nothing can make fail without
-#: it: its offset (3, -7) lies among those of the I frames that needed none (see sample.py)
+#: it: its offset (3, -7) lies among those of the I frames that needed none (see datasets.py)
 UNCATCHABLE = {"NGC_3201_I_60.000secs_00001593.fit"}
 REQUIRED_KEYS = ("PICTTYPE", "IMAGETYP", "FILTER", "EXPTIME", "OBJECT", "DATE-OBS", "TELESCOP",
                  "INSTRUME", "XPIXSZ", "YPIXSZ", "FOCALLEN", "BUNIT")
@@ -31,8 +32,8 @@ REQUIRED_KEYS = ("PICTTYPE", "IMAGETYP", "FILTER", "EXPTIME", "OBJECT", "DATE-OB
 @pytest.fixture(scope="module")
 def sample_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sample")
-    dirs = sample.generate_sample(out)
-    assert [d.name for d in dirs] == list(sample.ALL_NIGHTS)
+    dirs = datasets.generate_sample(out)
+    assert [d.name for d in dirs] == list(datasets.ALL_NIGHTS)
     return out
 
 
@@ -50,14 +51,14 @@ def _number(name: str) -> int:
                     reason="../shared (the developers' seed figures) is not beside this clone")
 def test_embedded_seed_table_is_the_shared_one():
     shared = pd.read_csv(SHARED_SEED_CSV)
-    pd.testing.assert_frame_equal(sample.seed_table(), shared, check_dtype=False)
-    assert sample.seed_table().groupby("night", sort=False).size().to_dict() == {
+    pd.testing.assert_frame_equal(datasets.seed_table(), shared, check_dtype=False)
+    assert datasets.seed_table().groupby("night", sort=False).size().to_dict() == {
         "march_29_2018": 19, "april_30_2018": 21, "march_09_2018": 71}
 
 
 def test_layout_of_the_seed_nights(sample_dir):
-    table = sample.seed_table()
-    for night in sample.SEED_NIGHTS:
+    table = datasets.seed_table()
+    for night in datasets.SEED_NIGHTS:
         d = sample_dir / night
         expected = table[table["night"] == night].sort_values("file")
         lights = frames.find_light_frames(d)
@@ -72,10 +73,10 @@ def test_layout_of_the_seed_nights(sample_dir):
             hdr = fits.getheader(p)
             assert hdr["PICTTYPE"] == 2 and hdr["IMAGETYP"] == "Bias Frame"
             assert hdr["EXPTIME"] == 0
-    assert sum(len(frames.find_light_frames(sample_dir / n)) for n in sample.SEED_NIGHTS) == 111
+    assert sum(len(frames.find_light_frames(sample_dir / n)) for n in datasets.SEED_NIGHTS) == 111
 
 
-@pytest.mark.parametrize("night", sample.ALL_NIGHTS)
+@pytest.mark.parametrize("night", datasets.ALL_NIGHTS)
 def test_frames_headers_and_dates(sample_dir, night):
     lights = frames.find_light_frames(sample_dir / night)
     dates = {}
@@ -99,8 +100,8 @@ def test_frames_headers_and_dates(sample_dir, night):
 
 
 def test_truth_tables_of_the_seed_nights(sample_dir):
-    table = sample.seed_table()
-    for night in sample.SEED_NIGHTS:
+    table = datasets.seed_table()
+    for night in datasets.SEED_NIGHTS:
         truth = frames.read_table(sample_dir / night / "truth.csv")
         assert list(truth.columns) == ["file", "dx", "dy", "bad", "kind"]
         seed = table[table["night"] == night].sort_values("file").reset_index(drop=True)
@@ -111,7 +112,7 @@ def test_truth_tables_of_the_seed_nights(sample_dir):
         assert (ref["dx"], ref["dy"], ref["kind"]) == (0.0, 0.0, "reference")
         assert list(truth["bad"]) == list(seed["removed_as_bad"])
         # the table on disk is the pure function's, to the written precision
-        pure = sample.truth_table(night)
+        pure = datasets.truth_table(night)
         np.testing.assert_allclose(truth[["dx", "dy"]], pure[["dx", "dy"]], atol=5e-5)
     m09 = frames.read_table(sample_dir / "march_09_2018" / "truth.csv").set_index("file")
     assert m09.loc[TRACKING_JUMP, "bad"] == 1
@@ -121,29 +122,29 @@ def test_truth_tables_of_the_seed_nights(sample_dir):
 
 def test_same_seed_same_bytes_other_seed_other_bytes(sample_dir, tmp_path):
     night = "march_29_2018"
-    again = sample.generate_sample(tmp_path / "again", nights=[night])[0]
+    again = datasets.generate_sample(tmp_path / "again", nights=[night])[0]
     assert _digests(again) == _digests(sample_dir / night)
-    other = sample.generate_sample(tmp_path / "other", seed=7, nights=[night])[0]
+    other = datasets.generate_sample(tmp_path / "other", seed=7, nights=[night])[0]
     a, b = _digests(sample_dir / night), _digests(other)
     assert a.keys() == b.keys()
     assert all(a[k] != b[k] for k in a)
 
 
 def test_render_frame_is_pure_and_matches_the_truth_table():
-    d1, h1, t1 = sample.render_frame("march_09_2018", 5)
-    d2, h2, t2 = sample.render_frame("march_09_2018", 5)
-    assert d1.dtype == np.float32 and d1.shape == sample.SHAPE
+    d1, h1, t1 = datasets.render_frame("march_09_2018", 5)
+    d2, h2, t2 = datasets.render_frame("march_09_2018", 5)
+    assert d1.dtype == np.float32 and d1.shape == datasets.SHAPE
     assert np.array_equal(d1, d2) and h1 == h2 and t1 == t2
-    row = sample.truth_table("march_09_2018").iloc[5]
+    row = datasets.truth_table("march_09_2018").iloc[5]
     assert (t1["file"], t1["dx"], t1["dy"]) == (row["file"], row["dx"], row["dy"])
     # a frame does not depend on which other nights or frames were rendered before it
-    sample.render_frame("crowded_jumps", 3)
-    assert np.array_equal(sample.render_frame("march_09_2018", 5)[0], d1)
+    datasets.render_frame("crowded_jumps", 3)
+    assert np.array_equal(datasets.render_frame("march_09_2018", 5)[0], d1)
 
 
 def test_unknown_night_is_a_clear_error(tmp_path):
     with pytest.raises(StarshiftError, match="no_such_night"):
-        sample.generate_sample(tmp_path, nights=["no_such_night"])
+        datasets.generate_sample(tmp_path, nights=["no_such_night"])
 
 
 # --------------------------------------------------------------------------- the seed's method
@@ -162,10 +163,10 @@ def seed_method_results(sample_dir):
     """The seed's method on every light frame of the seed nights, with and (march_09_2018)
     without the hand-made pre-shifts: one row per frame."""
     rows = []
-    for night in sample.SEED_NIGHTS:
-        plan = sample.night_plan(night)
+    for night in datasets.SEED_NIGHTS:
+        plan = datasets.night_plan(night)
         truth = frames.read_table(sample_dir / night / "truth.csv").set_index("file")
-        box_center, box_size = sample.SEED_BOXES[night]
+        box_center, box_size = datasets.SEED_BOXES[night]
         ref, _ = frames.read_frame(sample_dir / night / plan.frames[0].file)
         ref_xy = box_centroid(ref, box_center, box_size)
         for f in plan.frames:
@@ -220,11 +221,11 @@ def test_seed_method_without_pre_shifts_fails_where_the_seed_needed_them(seed_me
 
 
 def test_guide_star_is_bright_isolated_and_unsaturated():
-    for night in sample.SEED_NIGHTS:
-        plan = sample.night_plan(night)
+    for night in datasets.SEED_NIGHTS:
+        plan = datasets.night_plan(night)
         gx, gy, _ = plan.guide
-        cat = sample.night_catalogue(night)
-        sigma_min = plan.fwhm_range[0] / 2.3548
+        cat = datasets.night_catalogue(night)
+        sigma_min = plan.fwhm_range[0] / FWHM_PER_SIGMA
         for filt in {f.filter for f in plan.frames}:
             flux = cat.flux[filt]
             guide = np.argmin(np.hypot(cat.x - gx, cat.y - gy))
@@ -234,21 +235,21 @@ def test_guide_star_is_bright_isolated_and_unsaturated():
             longest = max(f.exptime for f in plan.frames if f.filter == filt)
             shortest = min(f.exptime for f in plan.frames if f.filter == filt)
             peak = flux[guide] / (2 * np.pi * sigma_min**2)
-            assert peak * longest < 0.7 * sample.SATURATION, (night, filt)
-            sigma_max = plan.fwhm_range[1] / 2.3548
+            assert peak * longest < 0.7 * datasets.SATURATION, (night, filt)
+            sigma_max = plan.fwhm_range[1] / FWHM_PER_SIGMA
             assert flux[guide] * shortest / (2 * np.pi * sigma_max**2) > 1000, (night, filt)
         # the reference frame shows it at the box centre, unsaturated
-        data, _, _ = sample.render_frame(night, 0)
-        (bx, by), _ = sample.SEED_BOXES[night]
+        data, _, _ = datasets.render_frame(night, 0)
+        (bx, by), _ = datasets.SEED_BOXES[night]
         assert data[by, bx] == data[by - 3:by + 4, bx - 3:bx + 4].max()
-        assert data[by, bx] < 0.8 * sample.SATURATION
+        assert data[by, bx] < 0.8 * datasets.SATURATION
 
 
 def test_seed_box_is_clean_of_hot_pixels():
-    for night in sample.SEED_NIGHTS:
-        det = sample.detector(night)
-        (bx, by), size = sample.SEED_BOXES[night]
-        ys, xs = np.unravel_index(det.hot_index, sample.SHAPE)
+    for night in datasets.SEED_NIGHTS:
+        det = datasets.detector(night)
+        (bx, by), size = datasets.SEED_BOXES[night]
+        ys, xs = np.unravel_index(det.hot_index, datasets.SHAPE)
         assert not np.any((abs(xs - bx) <= size // 2 + 2) & (abs(ys - by) <= size // 2 + 2))
 
 
@@ -290,9 +291,9 @@ def test_fixed_pattern_traps_naive_fft_correlation(sample_dir, night, name):
 
 def test_hot_pixels_stay_put_and_cosmic_rays_do_not():
     night = "march_09_2018"
-    det = sample.detector(night)
-    a = sample.render_frame(night, 1)[0]
-    b = sample.render_frame(night, 2)[0]
+    det = datasets.detector(night)
+    a = datasets.render_frame(night, 1)[0]
+    b = datasets.render_frame(night, 2)[0]
     for img in (a, b):
         assert np.mean(img.ravel()[det.hot_index] > np.median(img) + 100) > 0.9
     # cosmic rays: pixels far above all four neighbours (a star's peak, FWHM >= 3 px, is never
@@ -311,11 +312,11 @@ def test_hot_pixels_stay_put_and_cosmic_rays_do_not():
 
 
 def test_tracking_jump_frame_has_doubled_stars():
-    plan = sample.night_plan("march_09_2018")
+    plan = datasets.night_plan("march_09_2018")
     names = [f.file for f in plan.frames]
 
     def secondary_peak(index):
-        img = sample.render_frame("march_09_2018", index)[0].astype(float)
+        img = datasets.render_frame("march_09_2018", index)[0].astype(float)
         img = np.clip(img - np.median(img), 0, 2000)  # tame saturated stars
         f = np.fft.fft2(img)
         auto = np.fft.fftshift(np.fft.ifft2(f * np.conj(f)).real)
@@ -347,14 +348,14 @@ def test_drift_night_drifts_steadily(sample_dir):
 
 
 def test_drift_night_is_faint_and_banded():
-    plan = sample.night_plan("drift_lowsnr")
-    cat = sample.night_catalogue("drift_lowsnr")
-    det = sample.detector("drift_lowsnr")
+    plan = datasets.night_plan("drift_lowsnr")
+    cat = datasets.night_catalogue("drift_lowsnr")
+    det = datasets.detector("drift_lowsnr")
     f = plan.frames[10]
     x = cat.x - plan.origin[0] - f.dx
     y = cat.y - plan.origin[1] - f.dy
     inside = (x >= 0) & (x < 765) & (y >= 0) & (y < 510)
-    sigma = np.mean(plan.fwhm_range) / 2.3548
+    sigma = np.mean(plan.fwhm_range) / FWHM_PER_SIGMA
     peaks = cat.flux[f.filter][inside] * f.exptime / (2 * np.pi * sigma**2)
     assert 10 <= np.sum(peaks > 40) <= 25  # a sparse field of faint stars
     rows = det.pattern.mean(axis=1)
@@ -371,6 +372,6 @@ def test_crowded_night_jumps_far(sample_dir):
     jumps = np.abs(np.diff(offsets, axis=0)).max(axis=1)
     assert jumps.max() > 100
     data, _ = frames.read_frame(sample_dir / "crowded_jumps" / truth["file"].iloc[0])
-    assert np.sum(data >= sample.SATURATION) >= 10  # several saturated stars
+    assert np.sum(data >= datasets.SATURATION) >= 10  # several saturated stars
     core = data[255 - 40:255 + 40, 382 - 40:382 + 40]
     assert np.median(core) > np.median(data) + 50  # blended light of the crowded core

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .. import columns as C
 from .. import io as fio
-from ..stages import REFERENCE
+from ..columns import REFERENCE
 from .metrics import night_metrics, with_truth
 from .tables import check_marker, markdown_table
 
@@ -52,7 +52,7 @@ def compare_methods(input_dir: Path, ncfg, diag: pd.DataFrame, limit: float = 0.
     """
     from omegaconf import OmegaConf
 
-    from ..stages import measure
+    from ..pipeline.stages import measure
 
     other_cfg = OmegaConf.merge(ncfg, {"method": "auto" if ncfg.method == "box" else "box",
                                        "reference": diag.loc[diag[REFERENCE] == 1, C.FILE]

@@ -1,4 +1,4 @@
-"""Tests of the automatic shift estimator (starshift.register) on small synthetic frames.
+"""Tests of the automatic shift estimator (starshift.registration) on small synthetic frames.
 
 Convention pinned here: a shift (dx, dy) is ``reference - frame``. A sky point at reference
 pixel (xr, yr) appears in the moving frame at (xr - dx, yr - dy). So a frame whose content is
@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
-from starshift.register import (
-    AutoParams,
+from starshift.registration import (
+    FrameParams,
     PreparedReference,
+    ReferenceParams,
     ShiftEstimate,
+    StarMatches,
     choose_reference,
     estimate_shift,
     prepare_reference,
@@ -292,7 +294,8 @@ def test_coarse_image_drops_hot_pixels_without_a_2x2_core(field):
     # 2 x 2 block: they barely change the coarse image (the minimum of a block becomes its
     # second lowest pixel), while without the 2 x 2 minimum each makes a bright blob; a bright
     # 2 x 2 block (a star's core) stays
-    from starshift.register import _coarse_image, _coarse_setup
+    # (the coarse image itself is internal: no public function shows it)
+    from starshift.registration._coarse import _coarse_image, _coarse_setup
 
     frame = render(field, 3.3, -2.2, seed=640)
     rng = np.random.default_rng(641)
@@ -312,7 +315,7 @@ def test_coarse_image_drops_hot_pixels_without_a_2x2_core(field):
     block = frame.copy()
     block[100:102, 150:152] += 3e4  # aligned on the 2 x 2 grid of the block minimum
     for suppress in (True, False):
-        p = AutoParams(suppress_hot_pixels=suppress)
+        p = ReferenceParams(suppress_hot_pixels=suppress)
         c = _coarse_setup(frame.shape, p)
         clean = _coarse_image(frame, p, c)[0]
         dirty = _coarse_image(hot, p, c)[0]
@@ -327,14 +330,11 @@ def test_coarse_image_drops_hot_pixels_without_a_2x2_core(field):
 def test_saturation_is_worked_out_only_as_far_as_needed(field):
     # the stars rejected as saturated are those of the full rule (the frame maximum when at
     # least three pixels sit at it), however little of it was needed
-    from starshift.register import (
-        _coarse_image,
-        _coarse_setup,
-        _frame_saturation,
-        _saturation_level,
-    )
+    # (an internal shortcut: its result must equal the full rule's, which no public result shows)
+    from starshift.registration._clean import _frame_saturation, _saturation_level
+    from starshift.registration._coarse import _coarse_image, _coarse_setup
 
-    p = AutoParams()
+    p = ReferenceParams()
     c = _coarse_setup(SHAPE, p)
     frame = render(field, 1.5, 2.5, seed=670)
     top = frame.max()
@@ -508,11 +508,12 @@ def test_choose_reference_prefers_sharp_frames_with_many_stars(field):
 
 
 def test_params_are_plain_scalars_with_defaults():
-    for f in dataclasses.fields(AutoParams):
-        assert f.type in ("float", "int", "bool", "str"), f.name
-        assert type(f.default).__name__ == f.type, f.name
+    for cls in (ReferenceParams, FrameParams):
+        for f in dataclasses.fields(cls):
+            assert f.type in (float, int, bool), f.name
+            assert type(f.default) is f.type, f.name
     # defaults can be passed back explicitly
-    params = dataclasses.asdict(AutoParams())
+    params = {**dataclasses.asdict(ReferenceParams()), **dataclasses.asdict(FrameParams())}
     assert isinstance(prepare_reference(np.random.default_rng(0).normal(size=(32, 32)),
                                         **params), PreparedReference)
 
@@ -521,3 +522,145 @@ def test_shift_estimate_is_a_frozen_record():
     est = ShiftEstimate(1.0, 2.0, 0.1, 0.1, 3, "stars", True, "")
     with pytest.raises(dataclasses.FrozenInstanceError):
         est.dx = 0.0  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- parameters
+def test_keywords_and_dataclasses_are_the_same_parameters(field, reference):
+    frame = render(field, 3.4, -2.7, seed=22)
+    by_keyword = estimate_shift(prepare_reference(reference, coarse_bin=2), frame,
+                                clip_sigma=4.0)
+    prep = prepare_reference(reference, ReferenceParams(coarse_bin=2))
+    assert prep.params == ReferenceParams(coarse_bin=2) and prep.frame_params == FrameParams()
+    assert estimate_shift(prep, frame, FrameParams(clip_sigma=4.0)) == by_keyword
+    assert estimate_shift(prep, frame, clip_sigma=4.0) == by_keyword
+    # keywords apply on top of the dataclass
+    assert estimate_shift(prep, frame, FrameParams(clip_sigma=9.0), clip_sigma=4.0) == by_keyword
+
+
+def test_prepared_reference_remembers_its_frame_params(field, reference):
+    frame = render(field, -6.1, 4.4, seed=23)
+    prep = prepare_reference(reference, frame_params=FrameParams(refine=False))
+    assert prep.frame_params.refine is False
+    assert estimate_shift(prep, frame).method == "correlation"
+    assert estimate_shift(prep, frame, refine=True).method == "stars"
+    assert estimate_shift(prep, frame, FrameParams()).method == "stars"
+
+
+def test_one_set_of_keywords_serves_prepare_and_estimate(field, reference):
+    # the pipeline passes every auto.* key to both calls; reference keys equal to the
+    # prepared ones are accepted by estimate_shift
+    keys = {**dataclasses.asdict(ReferenceParams(n_stars=30)),
+            **dataclasses.asdict(FrameParams(min_stars=4))}
+    prep = prepare_reference(reference, **keys)
+    est = estimate_shift(prep, render(field, 1.2, 0.7, seed=24), **keys)
+    assert est.ok and err(est, 1.2, 0.7) < 0.05
+
+
+@pytest.mark.parametrize("cls, kw, exc, name", [
+    (ReferenceParams, dict(max_shift_fraction=1.5), ValueError, "max_shift_fraction"),
+    (ReferenceParams, dict(coarse_bin=-1), ValueError, "coarse_bin"),
+    (ReferenceParams, dict(n_stars=0), ValueError, "n_stars"),
+    (ReferenceParams, dict(n_stars=2.5), TypeError, "n_stars"),
+    (ReferenceParams, dict(gain="2"), TypeError, "gain"),
+    (ReferenceParams, dict(gain=-1.0), ValueError, "gain"),
+    (ReferenceParams, dict(coarse_clip=0.0), ValueError, "coarse_clip"),
+    (ReferenceParams, dict(fwhm=np.nan), ValueError, "fwhm"),
+    (ReferenceParams, dict(remove_banding=1), TypeError, "remove_banding"),
+    (FrameParams, dict(min_stars=0), ValueError, "min_stars"),
+    (FrameParams, dict(clip_sigma=-3.0), ValueError, "clip_sigma"),
+    (FrameParams, dict(min_significance=np.inf), ValueError, "min_significance"),
+    (FrameParams, dict(ref_star_fraction=1.5), ValueError, "ref_star_fraction"),
+    (FrameParams, dict(search_radius=True), TypeError, "search_radius"),
+    (FrameParams, dict(refine="yes"), TypeError, "refine"),
+])
+def test_params_are_validated_naming_the_parameter(cls, kw, exc, name):
+    with pytest.raises(exc, match=f"^{name}=") as info:
+        cls(**kw)
+    assert "auto." not in str(info.value)
+
+
+def test_params_are_converted_to_plain_scalars_and_frozen():
+    p = ReferenceParams(n_stars=np.int64(12), gain=np.float32(2.0), coarse_bin=4.0,
+                        remove_banding=np.bool_(False))
+    assert type(p.n_stars) is int and type(p.gain) is float and type(p.coarse_bin) is int
+    assert p.remove_banding is False
+    assert p == ReferenceParams(n_stars=12, gain=2.0, coarse_bin=4, remove_banding=False)
+    f = FrameParams(min_stars=4.0, clip_sigma=3)
+    assert type(f.min_stars) is int and type(f.clip_sigma) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.min_stars = 5  # type: ignore[misc]
+
+
+def test_wrong_params_objects_and_names_raise(reference, prepared):
+    with pytest.raises(TypeError, match="FrameParams"):
+        estimate_shift(prepared, reference, ReferenceParams())
+    with pytest.raises(TypeError, match="ReferenceParams"):
+        prepare_reference(reference, FrameParams())
+    with pytest.raises(TypeError, match="valid: .*min_stars"):
+        choose_reference([reference], min_star=3)
+    with pytest.raises(ValueError, match="max_shift_fraction"):
+        prepare_reference(reference, max_shift_fraction=0.0)
+
+
+def test_auto_config_mirrors_the_registration_params():
+    from starshift.config import AutoConfig, registration_params
+
+    names = [f.name for f in dataclasses.fields(AutoConfig)]
+    expected = [f.name for cls in (ReferenceParams, FrameParams) for f in dataclasses.fields(cls)]
+    assert sorted(names) == sorted(expected)
+    assert registration_params(AutoConfig()) == (ReferenceParams(), FrameParams())
+    ref, frame = registration_params({**dataclasses.asdict(AutoConfig()), "n_stars": 12,
+                                      "min_stars": 5})
+    assert ref.n_stars == 12 and frame.min_stars == 5
+
+
+# --------------------------------------------------------------------------- star matches
+def test_matches_are_the_stars_behind_the_estimate(field, prepared):
+    dx, dy = 7.3, -4.6
+    est = estimate_shift(prepared, render(field, dx, dy, seed=25))
+    assert est.ok and est.method == "stars"
+    m = est.matches
+    assert isinstance(m, StarMatches) and len(m) >= est.n_stars
+    assert int(m.used.sum()) == est.n_stars
+    # reference positions are those of the field's stars, frame positions the same stars
+    # moved by the shift (0-based pixel coordinates, x first)
+    xs, ys, _ = field
+    near = np.argmin(np.hypot(xs[None, :] - m.ref_x[:, None], ys[None, :] - m.ref_y[:, None]),
+                     axis=1)
+    assert np.abs(m.ref_x - xs[near]).max() < 0.1 and np.abs(m.ref_y - ys[near]).max() < 0.1
+    assert np.abs(m.x - (xs[near] - dx)).max() < 0.1 and np.abs(m.y - (ys[near] - dy)).max() < 0.1
+    assert np.median(m.ref_x - m.x) == pytest.approx(est.dx, abs=0.02)
+    # read-only
+    with pytest.raises(ValueError):
+        m.x[0] = 0.0
+    # records compare by value, matches included
+    assert estimate_shift(prepared, render(field, dx, dy, seed=25)) == est
+
+
+def test_matches_flux_ratio_is_the_transparency(field, prepared):
+    clouds = (field[0], field[1], 0.3 * field[2])
+    est = estimate_shift(prepared, render(clouds, 2.2, 5.1, seed=26))
+    assert est.ok and est.method == "stars", est.reason
+    m = est.matches
+    ratio = m.flux[m.used] / m.ref_flux[m.used]
+    assert np.all(m.ref_flux > 0) and np.median(ratio) == pytest.approx(0.3, rel=0.05)
+    clear = estimate_shift(prepared, render(field, 2.2, 5.1, seed=27)).matches
+    assert np.median(clear.flux / clear.ref_flux) == pytest.approx(1.0, rel=0.05)
+
+
+def test_matches_only_for_the_stars_method(field, prepared):
+    assert estimate_shift(prepared, render(field, 6.3, -2.8, seed=16), refine=False).matches is None
+    assert estimate_shift(prepared, np.full(SHAPE, 100.0)).matches is None
+
+
+# --------------------------------------------------------------------------- programmer errors
+def test_programming_errors_inside_the_estimate_are_not_hidden(field, prepared, monkeypatch):
+    # only problems of the data become failed estimates; a bug raises
+    import starshift.registration._reference as impl
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(impl, "_correlate", broken)
+    with pytest.raises(ZeroDivisionError):
+        estimate_shift(prepared, render(field, 1.0, 1.0, seed=28))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import io as fio
-from .config import load_params, night_config, to_plain, validate_pipeline
-from .errors import StarshiftError
+from .. import io as fio
+from ..config import load_params, night_config, to_plain, validate_pipeline
+from ..errors import StarshiftError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def compose_params_text(conf_dir: str | Path = "conf", overrides: list[str] | No
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from .config import config_error
+    from ..config import config_error
 
     conf_dir = Path(conf_dir).resolve()
     if not (conf_dir / f"{config_name}.yaml").is_file():
@@ -81,7 +81,7 @@ def run_stage(stage: str, night: str | None, params: str | Path = "params.yaml",
 
     cfg = load_params(params)
     if stage == "summary":
-        from .report.pipeline import summary
+        from ..report.build import summary
 
         summary(cfg)
         return
@@ -98,7 +98,7 @@ def run_stage(stage: str, night: str | None, params: str | Path = "params.yaml",
         stages.stage_reject(paths.shifted, paths.residuals, paths.accepted, paths.diagnostics,
                             ncfg)
     elif stage == "report":
-        from .report.pipeline import night_report
+        from ..report.build import night_report
 
         night_report(night, input_dir, paths, ncfg, cfg.report, to_plain(cfg), progress)
     else:

@@ -1,7 +1,13 @@
-"""Star positions: the seed's search-box centroid.
+"""The seed's measurement: the centroid of one star in a search box (``method=box``).
 
-Pure functions on arrays. Positions are (x, y) in pixels, 0-based, pixel centres at integers,
-as in photutils.
+:func:`box_slices` cuts the square search box, :func:`box_centroid` fits the star in it with
+photutils' ``centroid_2dg`` after subtracting the frame median, as the seed analysis did. Pure
+functions on arrays. Positions are (x, y) in pixels, 0-based, pixel centres at integers, as in
+photutils.
+
+Two errors: :class:`InvalidBox` when the box itself is unusable (too small, or not wholly
+inside the image: a setting, the same for every frame), :class:`CentroidFailed` when one
+frame's box holds no measurable star.
 """
 
 from __future__ import annotations
@@ -10,33 +16,35 @@ import warnings
 
 import numpy as np
 
-from ._stats import median
-from .errors import StarshiftError
+from .._stats import median
 
 
 class CentroidFailed(ValueError):
     """No star could be measured in the box (empty, flat, non-finite, or fit off the box)."""
 
 
+class InvalidBox(ValueError):
+    """The search box cannot be used on an image of this shape: too small, or not wholly
+    inside it. The message names the parameters ``box_center`` and ``box_size``."""
+
+
 def box_slices(shape: tuple[int, int], box_center, box_size: int) -> tuple[slice, slice]:
     """The (y, x) slices of a ``box_size`` square search box centred on ``box_center`` (x, y).
 
-    Raises :class:`StarshiftError` when the box does not lie wholly inside an image of ``shape``:
-    that is a configuration error, not a property of one frame.
+    Raises :class:`InvalidBox` when the box is smaller than 5 px or does not lie wholly inside
+    an image of ``shape``: a setting to correct, not a property of one frame.
     """
     box_size = int(box_size)
     if box_size < 5:
-        raise StarshiftError(f"centroid.box_size={box_size}: the search box needs at least 5 px")
+        raise InvalidBox(f"box_size={box_size}: the search box needs at least 5 px")
     xc, yc = (float(v) for v in box_center)
     half = box_size // 2
     x0 = int(round(xc)) - half
     y0 = int(round(yc)) - half
     ny, nx = shape
     if x0 < 0 or y0 < 0 or x0 + box_size > nx or y0 + box_size > ny:
-        raise StarshiftError(
-            f"centroid.box_center=[{xc:g},{yc:g}] with box_size={box_size} reaches outside the "
-            f"{nx} x {ny} px frame; move the box inside the frame"
-        )
+        raise InvalidBox(f"box_center=[{xc:g},{yc:g}] with box_size={box_size} reaches outside "
+                         f"the {nx} x {ny} px image")
     return slice(y0, y0 + box_size), slice(x0, x0 + box_size)
 
 
@@ -70,6 +78,8 @@ def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median
     CentroidFailed
         When the box holds no measurable star (non-finite data, no positive signal, or a fit
         whose centre lies outside the box).
+    InvalidBox
+        When the box is too small or reaches outside the frame (:func:`box_slices`).
     """
     from photutils.centroids import centroid_2dg
 
@@ -86,7 +96,7 @@ def box_centroid(data: np.ndarray, box_center, box_size: int, *, subtract_median
         warnings.simplefilter("ignore")
         try:
             cx, cy = centroid_2dg(cut)
-        except Exception as exc:  # fitting can fail on pathological cutouts
+        except (ValueError, RuntimeError, ArithmeticError) as exc:  # pathological cutouts
             raise CentroidFailed(f"2-D Gaussian fit failed ({exc})") from exc
     if not (np.isfinite(cx) and np.isfinite(cy)):
         raise CentroidFailed("2-D Gaussian fit did not converge")

@@ -1,0 +1,430 @@
+"""One loop over a night: measure each frame's shift, apply it, measure what the shift left.
+
+:func:`align_night` is the only loop over a night's frames. ``starshift align``, the DVC stages
+(``centroid`` measures, ``shift`` applies) and sweep jobs all run it; it reads every frame once
+through the ``read`` callable it is given, prepares the reference once, and never writes: it
+yields one :class:`FrameResult` per frame and the caller decides what goes to disk.
+
+How a shift is measured is a :class:`Method`: :class:`BoxMethod` (the seed analysis's search box
+and ``centroid_2dg``) and :class:`AutoMethod` (the automatic aligner). A third method is one more
+class with the same three members; nothing here branches on a method's name.
+
+Everything here takes plain values (numbers, tuples, dataclasses), never a config object: the
+configuration is turned into these at the edge (:mod:`starshift.config`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from . import columns as C
+from ._stats import median
+from .errors import StarshiftError
+from .quality import star_shapes
+from .registration import (
+    CentroidFailed,
+    InvalidBox,
+    PreparedReference,
+    box_centroid,
+    estimate_shift,
+    prepare_reference,
+)
+from .shift import apply_shift, fill_value, median_after_shift
+
+log = logging.getLogger(__name__)
+
+#: Reads one frame by file name: (data, header).
+Reader = Callable[[str], tuple[np.ndarray, Any]]
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class Box:
+    """The seed's search box: centre (x, y) in the reference frame and side, pixels."""
+
+    center: tuple[float, float]
+    size: int
+
+
+@dataclass(frozen=True)
+class ShiftSettings:
+    """How shifts are applied: interpolation order (0 = whole pixels), fill, background."""
+
+    order: int = 0
+    fill: str | float = "median"
+    subtract_background: bool = True
+
+
+# --------------------------------------------------------------------------- reference
+@dataclass
+class NightReference:
+    """What every frame of a night is measured against, prepared once.
+
+    ``catalogue`` is the automatic aligner's preparation of the reference (its isolated stars
+    also give the positions where star shapes are measured, whatever the method); ``position``
+    is the box star in the reference when the night has a search box.
+    """
+
+    name: str
+    data: np.ndarray
+    header: Any
+    catalogue: PreparedReference
+    position: tuple[float, float] | None = None
+
+    @property
+    def stars(self) -> np.ndarray:
+        """Positions (x, y) of the reference's isolated stars, shape (N, 2)."""
+        return np.asarray(self.catalogue.star_positions, dtype=float).reshape(-1, 2)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One frame's measured shift onto the reference (``reference - frame``, x first, px).
+
+    ``position`` is the measured star in the measured frame, when the method measures one.
+    """
+
+    dx: float = np.nan
+    dy: float = np.nan
+    sigma_dx: float = np.nan
+    sigma_dy: float = np.nan
+    n_stars: int = 0
+    label: str = ""
+    reason: str = ""
+    position: tuple[float, float] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+
+# --------------------------------------------------------------------------- methods
+class Method(Protocol):
+    """How a frame's shift onto the reference is measured.
+
+    ``name`` is recorded in the diagnostics and headers; ``reference_n_stars`` is what the
+    reference's own row reports as its star count. :meth:`measure` never raises for a bad frame:
+    it returns a :class:`Measurement` with a reason. :meth:`residual` says what shift is still
+    needed after the frame was shifted by ``applied`` (the "new shift"), with a reason when it
+    cannot tell; ``shifted_median`` is the shifted frame's median when known.
+    """
+
+    name: str
+    reference_n_stars: int
+
+    def measure(self, ref: NightReference, data: np.ndarray) -> Measurement: ...
+
+    def residual(self, ref: NightReference, shifted: np.ndarray, measured: Measurement,
+                 applied: tuple[float, float], shifted_median: float | None
+                 ) -> tuple[float, float, str]: ...
+
+
+@dataclass(frozen=True)
+class BoxMethod:
+    """The seed analysis's method: photutils ``centroid_2dg`` of one star in a search box.
+
+    The new shift is the star re-measured in the search box of the shifted frame, as the seed
+    did.
+    """
+
+    box: Box
+    name: str = "box"
+    reference_n_stars: int = 1
+    #: the re-measure subtracts the shifted frame's median, as the seed did
+    needs_shifted_median: bool = True
+
+    def measure(self, ref: NightReference, data: np.ndarray) -> Measurement:
+        try:
+            x, y = box_centroid(data, self.box.center, self.box.size)
+        except CentroidFailed as exc:
+            return Measurement(label=self.name, reason=f"star not found in the search box: {exc}")
+        rx, ry = ref.position
+        return Measurement(rx - x, ry - y, n_stars=1, label=self.name, position=(x, y))
+
+    def residual(self, ref, shifted, measured, applied, shifted_median):
+        try:
+            x, y = box_centroid(shifted, self.box.center, self.box.size,
+                                frame_median=shifted_median)
+        except CentroidFailed as exc:
+            return np.nan, np.nan, f"star not found after shifting: {exc}"
+        return ref.position[0] - x, ref.position[1] - y, ""
+
+
+@dataclass(frozen=True)
+class AutoMethod:
+    """The automatic aligner (:func:`starshift.registration.estimate_shift`).
+
+    The new shift is the estimate minus the applied shift: the estimate already rests on every
+    matched star, and re-running it on the shifted frame would compare moved detector artefacts
+    (hot pixels, banding, filled edges) with the unshifted reference. Its trust is checked by
+    the shift's uncertainty instead.
+    """
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "auto"
+    reference_n_stars: int = 0
+    needs_shifted_median: bool = False
+
+    def measure(self, ref: NightReference, data: np.ndarray) -> Measurement:
+        est = estimate_shift(ref.catalogue, data, **self.params)
+        label = f"{self.name}:{est.method}"
+        if not est.ok:
+            return Measurement(label=label, reason=est.reason or "automatic alignment failed")
+        return Measurement(est.dx, est.dy, est.sigma_dx, est.sigma_dy, est.n_stars, label)
+
+    def residual(self, ref, shifted, measured, applied, shifted_median):
+        return measured.dx - applied[0], measured.dy - applied[1], ""
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class FrameResult:
+    """One frame through :func:`align_night`: its diagnostics row and, when shifted, the data."""
+
+    row: dict
+    data: np.ndarray | None = None
+    header: Any = None
+
+
+def pre_shifted(data: np.ndarray, pre: tuple[int, int], fill: str | float) -> np.ndarray:
+    """The frame after its hand-made whole-pixel pre-shift (the seed's), if it has one."""
+    return apply_shift(data, pre[0], pre[1], order=0, fill=fill) if any(pre) else data
+
+
+def prepare_night_reference(name: str, data: np.ndarray, header,
+                            catalogue_params: Mapping[str, Any], box: Box | None = None,
+                            pre: tuple[int, int] = (0, 0),
+                            fill: str | float = "median", box_required: bool = False
+                            ) -> NightReference:
+    """Prepare the reference once: the aligner's catalogue, and the box star if there is a box.
+
+    Raises :class:`StarshiftError` when ``box_required`` and the box holds no star.
+    """
+    position = None
+    if box is not None:
+        try:
+            x, y = box_centroid(pre_shifted(data, pre, fill), box.center, box.size)
+            position = (x - pre[0], y - pre[1])
+        except CentroidFailed as exc:
+            if box_required:
+                raise StarshiftError(
+                    f"{name}: no star in the search box of the reference frame ({exc}); "
+                    "check centroid.box_center/box_size or choose another reference") from exc
+        except InvalidBox as exc:  # a setting, not this frame: say which keys to fix
+            raise StarshiftError(
+                f"centroid.box_center/box_size: {exc}; fix the search box") from exc
+    catalogue = prepare_reference(data, **catalogue_params)
+    return NightReference(name, data, header, catalogue, position)
+
+
+def _header_number(header, key: str) -> float:
+    """A numeric header value, NaN when absent or not a number (never raises)."""
+    try:
+        return float(header.get(key, np.nan))
+    except (TypeError, ValueError):
+        log.warning("header %s=%r is not a number; ignored", key, header.get(key))
+        return float("nan")
+
+
+def _accumulated(header, key: str, add: float) -> float:
+    """An earlier shift in the header plus this one; a non-numeric earlier value is replaced."""
+    if key not in header:
+        return add
+    before = _header_number(header, key)
+    return before + add if np.isfinite(before) else add
+
+
+def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method,
+                pre: tuple[int, int], fill: str | float) -> dict:
+    """The shifts-table row of one frame (the measured shift onto the reference)."""
+    row = {C.PRE_DX: pre[0], C.PRE_DY: pre[1], C.METHOD: method.name, C.X: np.nan,
+           C.Y: np.nan, C.DX: np.nan, C.DY: np.nan, C.SIGMA_DX: np.nan, C.SIGMA_DY: np.nan,
+           C.N_STARS: 0, C.STATUS: "ok", C.REASON: ""}
+    if name == ref.name:
+        row.update({C.DX: 0.0, C.DY: 0.0, C.SIGMA_DX: 0.0, C.SIGMA_DY: 0.0,
+                    C.N_STARS: method.reference_n_stars})
+        if ref.position is not None:
+            row[C.X], row[C.Y] = ref.position
+        return row
+    if data.shape != ref.data.shape:
+        row.update({C.STATUS: C.FAILED, C.PRE_DX: 0, C.PRE_DY: 0,
+                    C.REASON: f"shape {data.shape[::-1]} differs from the reference's "
+                              f"{ref.data.shape[::-1]}"})
+        return row
+    m = method.measure(ref, pre_shifted(data, pre, fill))
+    row[C.METHOD] = m.label
+    if not m.ok:
+        row.update({C.STATUS: C.FAILED, C.REASON: m.reason})
+        return row
+    row.update({C.DX: m.dx + pre[0], C.DY: m.dy + pre[1], C.SIGMA_DX: m.sigma_dx,
+                C.SIGMA_DY: m.sigma_dy, C.N_STARS: m.n_stars})
+    if m.position is not None:
+        row[C.X], row[C.Y] = m.position[0] - pre[0], m.position[1] - pre[1]
+    elif ref.position is not None:
+        row[C.X], row[C.Y] = ref.position[0] - row[C.DX], ref.position[1] - row[C.DY]
+    return row
+
+
+def applied_shift(dx: float, dy: float, order: int) -> tuple[float, float]:
+    """The shift actually applied: whole pixels for order 0 (the seed's), else the estimate."""
+    if order == 0:
+        return float(round(dx)), float(round(dy))
+    return float(dx), float(dy)
+
+
+def shift_row(data: np.ndarray, header, row: Mapping, ref: NightReference, method: Method,
+              settings: ShiftSettings, cards: Mapping[str, tuple[Any, str]]):
+    """Shift one raw frame by its measured shift; returns (data, header, diagnostics update).
+
+    ``cards`` are provenance header cards (keyword -> (value, comment)) written after the
+    shift's own (XOFFSET/YOFFSET accumulated, BKGSUB, SSMETHOD, SSORDER, SSREF).
+    """
+    adx, ady = applied_shift(row[C.DX], row[C.DY], settings.order)
+    cval = fill_value(data, settings.fill)
+    shifted = apply_shift(data, adx, ady, order=settings.order, fill=cval)
+    # the shifted frame's median: the seed's background, and the box re-measure's offset
+    shifted_median = None
+    if settings.subtract_background or method.needs_shifted_median:
+        if settings.order == 0:  # by counting, from the frame and the fill (same value)
+            shifted_median = median_after_shift(data, adx, ady, cval)
+        else:
+            shifted_median = median(shifted, common=cval)
+    measured = Measurement(float(row[C.DX]), float(row[C.DY]))
+    rdx, rdy, why = method.residual(ref, shifted, measured, (adx, ady), shifted_median)
+    stars = ref.stars
+    fwhm, elong, _ = star_shapes(shifted, stars) if len(stars) else (np.nan, np.nan, 0)
+    bkg = 0.0
+    if settings.subtract_background:
+        bkg = shifted_median
+        shifted = shifted - bkg
+    hdr = header.copy()
+    hdr["XOFFSET"] = (_accumulated(hdr, "XOFFSET", adx), "[px] x shift applied (accumulated)")
+    hdr["YOFFSET"] = (_accumulated(hdr, "YOFFSET", ady), "[px] y shift applied (accumulated)")
+    hdr["BKGSUB"] = (round(float(bkg), 6), "[adu] median background subtracted")
+    hdr["SSMETHOD"] = (str(row[C.METHOD]), "starshift shift estimation method")
+    hdr["SSORDER"] = (int(settings.order), "starshift interpolation order")
+    hdr["SSREF"] = (ref.name, "starshift reference frame")
+    for key, card in cards.items():
+        hdr[key] = card
+    update = {C.APPLIED_DX: adx, C.APPLIED_DY: ady, C.RESIDUAL_DX: rdx, C.RESIDUAL_DY: rdy,
+              C.BKGSUB: bkg, C.FWHM: fwhm, C.ELONGATION: elong, C.REMEASURE: why}
+    return shifted, hdr, update
+
+
+_SHIFT_COLUMNS = {C.APPLIED_DX: np.nan, C.APPLIED_DY: np.nan, C.RESIDUAL_DX: np.nan,
+                  C.RESIDUAL_DY: np.nan, C.BKGSUB: np.nan, C.REMEASURE: ""}
+
+
+def align_night(names: Iterable[str], read: Reader, ref: NightReference, method: Method, *,
+                pre_shift: Mapping[str, tuple[int, int]] | None = None,
+                fill: str | float = "median", measured: Mapping[str, Mapping] | None = None,
+                shift: ShiftSettings | None = None,
+                cards: Mapping[str, tuple[Any, str]] | None = None,
+                ) -> Iterator[FrameResult]:
+    """Run a night's frames through measuring and/or shifting, one frame at a time.
+
+    Parameters
+    ----------
+    names : iterable of str
+        The night's frames, in order. Each is read once with ``read`` (the reference's data is
+        taken from ``ref`` instead of being read again).
+    read : callable
+        ``read(name) -> (data, header)``.
+    ref : NightReference
+        The prepared reference (:func:`prepare_night_reference`).
+    method : Method
+        How shifts are measured (and the new shift judged).
+    pre_shift : mapping, optional
+        Hand-made whole-pixel pre-shifts (dx, dy) by file name, applied before measuring.
+    fill : str or float
+        Fill of the pre-shift.
+    measured : mapping, optional
+        Rows of an earlier measurement (a shifts table) by file name; when given, frames are
+        not measured again (the DVC ``shift`` stage).
+    shift : ShiftSettings, optional
+        When given, every measured frame is shifted, its new shift and star shapes measured.
+    cards : mapping, optional
+        Extra header cards for shifted frames (provenance).
+
+    Yields
+    ------
+    FrameResult
+        The frame's diagnostics row and, when shifted, its data and header (``None`` for a
+        failed frame).
+    """
+    pre_shift = pre_shift or {}
+    for name in names:
+        data, header = (ref.data, ref.header) if name == ref.name else read(name)
+        if measured is None:
+            row = measure_row(name, data, ref, method, pre_shift.get(name, (0, 0)), fill)
+            row.update({C.FILE: name, C.FILTER: str(header.get("FILTER", "")),
+                        C.EXPTIME: _header_number(header, "EXPTIME"),
+                        C.REFERENCE: int(name == ref.name)})
+        else:
+            row = dict(measured[name])
+        result = FrameResult(row)
+        if shift is not None:
+            row.update(_SHIFT_COLUMNS)
+            if row[C.STATUS] != C.FAILED:
+                result.data, result.header, update = shift_row(data, header, row, ref, method,
+                                                               shift, cards or {})
+                row.update(update)
+        yield result
+
+
+# --------------------------------------------------------------------------- decisions
+@dataclass(frozen=True)
+class RejectLimits:
+    """Rejection rules (None switches a rule off)."""
+
+    max_residual: float = 0.5
+    max_elongation: float | None = 0.5
+    max_fwhm_ratio: float | None = 1.75
+    max_sigma: float | None = 0.25
+
+
+def decide(row: Mapping, limits: RejectLimits, bad_frames: frozenset[str] = frozenset(),
+           night_fwhm: float | None = None) -> tuple[str, str]:
+    """Status and reason of one frame after shifting (``night_fwhm``: the night's median)."""
+    from .quality import shape_rejection
+
+    if row[C.STATUS] == C.FAILED:
+        return C.FAILED, row[C.REASON]
+    if row[C.FILE] in bad_frames:
+        return C.REJECTED, "listed in bad_frames"
+    why = row.get(C.REMEASURE, "")
+    if isinstance(why, str) and why:
+        return C.REJECTED, why
+    sig = max(float(row.get(C.SIGMA_DX, np.nan)), float(row.get(C.SIGMA_DY, np.nan)))
+    if limits.max_sigma is not None and np.isfinite(sig) and sig > limits.max_sigma:
+        return C.REJECTED, f"shift uncertain (sigma {sig:.2f} px > {limits.max_sigma:g} px)"
+    lim = float(limits.max_residual)
+    rdx, rdy = float(row[C.RESIDUAL_DX]), float(row[C.RESIDUAL_DY])
+    if abs(rdx) > lim or abs(rdy) > lim:
+        return C.REJECTED, f"new shift ({rdx:+.2f}, {rdy:+.2f}) px beyond {lim:g} px"
+    shape = shape_rejection(float(row.get(C.FWHM, np.nan)), float(row.get(C.ELONGATION, np.nan)),
+                            night_fwhm, limits.max_elongation, limits.max_fwhm_ratio)
+    if shape:
+        return C.REJECTED, shape
+    return C.KEPT, ""
+
+
+def night_fwhm(rows: list[dict]) -> float | None:
+    """The night's median FWHM over frames that were shifted (None when unknown)."""
+    v = np.array([float(r.get(C.FWHM, np.nan)) for r in rows if r[C.STATUS] != C.FAILED])
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def decide_night(rows: list[dict], limits: RejectLimits,
+                 bad_frames: frozenset[str] = frozenset()) -> list[dict]:
+    """Set status and reason of every frame of a night (rules needing the whole night too)."""
+    fwhm = night_fwhm(rows)
+    for row in rows:
+        row[C.STATUS], row[C.REASON] = decide(row, limits, bad_frames, fwhm)
+    return rows

@@ -1,0 +1,196 @@
+"""Stage entry points: read inputs, run the night loop, write outputs and provenance.
+
+The same functions serve ``starshift align``, the DVC stages (``starshift stage ...``) and the
+Hydra sweep; every one of them goes through :func:`starshift.night.align_night`:
+
+``measure``  (DVC ``centroid``) -> shifts table (one row per light frame)
+``shift``    (DVC ``shift``)    -> shifted frames + residuals ("new shift", star shapes)
+``reject``   (DVC ``reject``)   -> statuses kept / rejected / failed with a reason
+``align``    (``starshift align``) all three in one pass over the frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from .. import columns as C
+from .. import io as fio
+from ..config import NightSettings, night_settings
+from ..errors import StarshiftError
+from ..night import NightReference, align_night, decide, decide_night, prepare_night_reference
+
+log = logging.getLogger(__name__)
+
+SHIFTS_COLUMNS = [C.FILE, C.FILTER, C.EXPTIME, C.REFERENCE, C.METHOD, C.X, C.Y, C.DX, C.DY,
+                  C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.PRE_DX, C.PRE_DY, C.STATUS, C.REASON]
+
+
+# --------------------------------------------------------------------------- inputs
+def light_frames(input_dir: Path, s: NightSettings) -> list[Path]:
+    """The night's light frames, sorted by name, with the config's file names checked."""
+    paths = fio.find_light_frames(input_dir, s.glob)
+    names = {p.name for p in paths}
+    for key, listed in (("pre_shift", list(s.pre_shift)), ("bad_frames", sorted(s.bad_frames)),
+                        ("reference", [s.reference] if s.reference not in (None, "auto")
+                         else [])):
+        missing = [n for n in listed if n not in names]
+        if missing:
+            raise StarshiftError(f"{key}: {missing[0]} is not a light frame in {input_dir}; "
+                                 "check the file name")
+    return paths
+
+
+def _reader(input_dir: Path):
+    return lambda name: fio.read_frame(input_dir / name)
+
+
+def choose_reference_name(paths: list[Path], s: NightSettings, progress: bool = False) -> str:
+    """The reference frame: the first (default), a named file, or ``'auto'``.
+
+    ``'auto'`` reads every frame once more to choose (the choice is logged).
+    """
+    if s.reference is None:
+        return paths[0].name
+    if s.reference == "auto":
+        from ..registration import choose_reference
+
+        datas = [fio.read_frame(p)[0] for p in tqdm(paths, desc="reference",
+                                                     disable=not progress)]
+        name = paths[int(choose_reference(datas, **s.catalogue))].name
+        log.info("reference=auto chose %s", name)
+        return name
+    return s.reference
+
+
+def load_reference(input_dir: Path, name: str, s: NightSettings) -> NightReference:
+    data, header = fio.read_frame(input_dir / name)
+    return prepare_night_reference(name, data, header, s.catalogue, s.box,
+                                   s.pre_shift.get(name, (0, 0)), s.shift.fill,
+                                   box_required=s.box is not None and s.method.name == "box")
+
+
+def _provenance(s: NightSettings) -> dict:
+    return {"SSPHASH": (s.params_hash, "starshift parameters hash")}
+
+
+def _shifts_table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows).reindex(columns=SHIFTS_COLUMNS)
+
+
+def _diagnostics(rows: list[dict]) -> pd.DataFrame:
+    """The diagnostics table in its documented column order."""
+    df = pd.DataFrame(rows)
+    extra = [c for c in (C.REFERENCE,) if c in df.columns]
+    return df.reindex(columns=C.DIAGNOSTICS + extra)
+
+
+def _clear_dir(path: Path) -> None:
+    """Start a stage's own output directory afresh (DVC removes it too before running)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def _progress(it, total: int, desc: str, progress: bool):
+    return tqdm(it, total=total, desc=desc, disable=not progress)
+
+
+# --------------------------------------------------------------------------- whole runs
+def measure(input_dir: str | Path, cfg, progress: bool = False
+            ) -> tuple[pd.DataFrame, NightReference]:
+    """The shifts table of a night: one row per light frame, in name order."""
+    input_dir, s = Path(input_dir), night_settings(cfg)
+    paths = light_frames(input_dir, s)
+    ref = load_reference(input_dir, choose_reference_name(paths, s, progress), s)
+    names = [p.name for p in paths]
+    results = align_night(names, _reader(input_dir), ref, s.method, pre_shift=s.pre_shift,
+                          fill=s.shift.fill)
+    rows = [r.row for r in _progress(results, len(names), f"measure {input_dir.name}", progress)]
+    return _shifts_table(rows), ref
+
+
+def align(input_dir: str | Path, output_dir: str | Path, cfg, progress: bool = False,
+          write_frames: bool = True) -> pd.DataFrame:
+    """``starshift align``: measure, shift, decide; write kept frames and diagnostics.csv.
+
+    With ``write_frames=False`` only diagnostics.csv is written (sweeps).
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if output_dir.resolve() == input_dir.resolve():
+        raise StarshiftError(f"{output_dir}: output directory must differ from the input "
+                             "(inputs are never modified)")
+    s = night_settings(cfg)
+    paths = light_frames(input_dir, s)
+    ref = load_reference(input_dir, choose_reference_name(paths, s, progress), s)
+    names = [p.name for p in paths]
+    results = align_night(names, _reader(input_dir), ref, s.method, pre_shift=s.pre_shift,
+                          fill=s.shift.fill, shift=s.shift, cards=_provenance(s))
+    rows = []
+    for r in _progress(results, len(names), f"align {input_dir.name}", progress):
+        # per-frame rules now; the night-level ones below
+        if write_frames and decide(r.row, s.limits, s.bad_frames)[0] == C.KEPT:
+            fio.write_frame(output_dir / r.row[C.FILE], r.data, r.header)
+        rows.append(r.row)
+    decide_night(rows, s.limits, s.bad_frames)
+    for row in rows:
+        stale = output_dir / row[C.FILE]
+        if row[C.STATUS] != C.KEPT and stale.exists():  # night rule, or an earlier run
+            stale.unlink()
+    diag = _diagnostics(rows)
+    fio.write_table(diag, output_dir / "diagnostics.csv")
+    return diag
+
+
+def stage_measure(input_dir, out_table, cfg, progress=False) -> pd.DataFrame:
+    """DVC ``centroid`` stage: the shifts table."""
+    table, _ = measure(input_dir, cfg, progress)
+    fio.write_table(table, out_table)
+    return table
+
+
+def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
+                ) -> pd.DataFrame:
+    """DVC ``shift`` stage: every measured frame shifted, plus residuals (no decisions)."""
+    input_dir, out_dir, s = Path(input_dir), Path(out_dir), night_settings(cfg)
+    table = fio.read_table(shifts_table)
+    names = table[C.FILE].tolist()
+    refs = table.loc[table[C.REFERENCE] == 1, C.FILE].tolist()
+    if len(refs) != 1:
+        raise StarshiftError(f"{shifts_table}: exactly one row must be marked as the reference")
+    ref = load_reference(input_dir, refs[0], s)
+    _clear_dir(out_dir)
+    results = align_night(names, _reader(input_dir), ref, s.method,
+                          measured=dict(zip(names, table.to_dict("records"), strict=True)),
+                          shift=s.shift, cards=_provenance(s))
+    rows = []
+    for r in _progress(results, len(names), f"shift {input_dir.name}", progress):
+        if r.data is not None:
+            fio.write_frame(out_dir / r.row[C.FILE], r.data, r.header)
+        rows.append(r.row)
+    df = pd.DataFrame(rows)
+    fio.write_table(df, out_table)
+    return df
+
+
+def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.DataFrame:
+    """DVC ``reject`` stage: statuses, and the accepted set copied to its own directory."""
+    s = night_settings(cfg)
+    table = fio.read_table(residuals_table)
+    out_dir = Path(out_dir)
+    _clear_dir(out_dir)
+    rows = table.to_dict("records")
+    for row in rows:
+        for col in (C.REMEASURE, C.REASON):
+            row[col] = "" if pd.isna(row.get(col)) else row.get(col)
+    for row in decide_night(rows, s.limits, s.bad_frames):
+        if row[C.STATUS] == C.KEPT:
+            fio.copy_file(Path(shifted_dir) / row[C.FILE], out_dir / row[C.FILE])
+    diag = _diagnostics(rows)
+    fio.write_table(diag, out_table)
+    return diag
+

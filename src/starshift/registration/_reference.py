@@ -1,0 +1,379 @@
+"""The public entry points: prepare a reference, estimate a frame's shift, choose a reference.
+
+:func:`prepare_reference` does everything expensive about the reference once
+(:class:`PreparedReference`: coarse image and spectrum, star catalogue, saturation level,
+fallback template); :func:`estimate_shift` runs the coarse step, then the fine (star) step or
+the correlation fallback, on one frame; :func:`choose_reference` picks the sharpest frame
+among those with the most stars. See :mod:`starshift.registration` for the method.
+
+Problems of the data (no overlap, nothing to match, no finite pixels) give a failed
+:class:`ShiftEstimate` with a reason; problems of the call (wrong shapes or parameters) raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._centroid import _measure
+from ._clean import (
+    _as_image,
+    _banding,
+    _checked,
+    _finite,
+    _frame_saturation,
+    _NonFinite,
+    _remove_banding,
+    _saturation_level,
+)
+from ._coarse import _Coarse, _coarse_image, _coarse_ref, _coarse_setup, _CoarseRef, _correlate
+from ._combine import _combine
+from ._params import REFERENCE_KEYS, FrameParams, ReferenceParams, resolve_params
+from ._result import ShiftEstimate, StarMatches, _failed
+from ._sources import _Catalogue, _catalogue, _estimate_fwhm, _find_sources, _geometry, _star_like
+from ._template import _make_template, _refine_correlation, _Template
+
+log = logging.getLogger(__name__)
+
+
+class PreparedReference:
+    """A reference frame prepared once per night for :func:`estimate_shift`.
+
+    Holds the reference's coarse image and filtered correlation spectrum, its star catalogue
+    and the parameters it was prepared with. Build it with :func:`prepare_reference`; treat it
+    as opaque.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        (ny, nx) of the reference.
+    params : ReferenceParams
+        The parameters it was prepared with; every estimate against it uses them.
+    frame_params : FrameParams
+        The per-frame parameters it was prepared with: the default of :func:`estimate_shift`.
+    fwhm : float
+        Star FWHM used (pixels).
+    saturation : float
+        Saturation level of the reference (data units; ``inf`` when none was found).
+    ok : bool
+        False when the reference has nothing to match; ``reason`` then says why.
+    n_catalogue : int
+        Number of catalogue stars for the fine step.
+    star_positions : ndarray
+        (n, 2) catalogue star positions (x, y) in reference pixels.
+    """
+
+    def __init__(self, shape: tuple[int, int], params: ReferenceParams,
+                 frame_params: FrameParams, coarse: _Coarse, coarse_ref: _CoarseRef | None,
+                 catalogue: _Catalogue, fwhm: float, saturation: float,
+                 template: _Template | None, ok: bool = True, reason: str = ""):
+        self.shape = shape
+        self.params = params
+        self.frame_params = frame_params
+        self._coarse = coarse
+        self._cref = coarse_ref
+        self._cat = catalogue
+        self.fwhm = fwhm
+        self.saturation = saturation
+        self._template = template
+        self.ok = ok
+        self.reason = reason
+
+    @property
+    def n_catalogue(self) -> int:
+        """Number of catalogue stars for the fine step."""
+        return int(self._cat.x.size)
+
+    @property
+    def star_positions(self) -> np.ndarray:
+        """(n, 2) array of catalogue star positions (x, y) in reference pixels."""
+        return np.column_stack([self._cat.x, self._cat.y])
+
+    def __repr__(self) -> str:
+        return (f"PreparedReference(shape={self.shape}, n_catalogue={self.n_catalogue}, "
+                f"fwhm={self.fwhm:.2f}, bin={self._coarse.bin}, ok={self.ok})")
+
+
+def prepare_reference(reference: np.ndarray, params: ReferenceParams | None = None,
+                      frame_params: FrameParams | None = None, **kw: Any) -> PreparedReference:
+    """Prepare a reference frame once for many calls of :func:`estimate_shift`.
+
+    Parameters
+    ----------
+    reference : 2-D array
+        The reference frame (any size of at least 16 x 16 px; NaNs allowed).
+    params : ReferenceParams, optional
+        The parameters that shape the prepared reference (defaults when None).
+    frame_params : FrameParams, optional
+        The per-frame parameters (defaults when None): kept as the default of
+        :func:`estimate_shift` for this reference; the catalogue takes stars isolated over
+        their ``search_radius`` and bright enough for their ``match_threshold``.
+    **kw
+        Any field of :class:`ReferenceParams` or :class:`FrameParams`, applied on top of
+        ``params`` and ``frame_params``.
+
+    Returns
+    -------
+    PreparedReference
+        Opaque object to pass as ``reference`` to :func:`estimate_shift`. If the reference has
+        nothing to match (blank, all NaN) it is still returned, with ``ok=False``, and every
+        estimate against it fails with that reason.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For a non-2-D or too-small array, or an unknown / ill-typed / out-of-range parameter.
+    """
+    p, fp = resolve_params(params, frame_params, kw)
+    raw = np.asarray(reference)
+    img, bad = _as_image(raw, "reference")
+    coarse = _coarse_setup(img.shape, p)
+
+    def unusable(reason: str) -> PreparedReference:
+        return PreparedReference(img.shape, p, fp, coarse, None, _Catalogue.empty(),
+                                 float("nan"), math.inf, None, False, reason)
+
+    if bad is not None and bad.all():
+        return unusable("the reference frame has no finite pixels")
+    rawf = img.copy()
+    cimg, sigma, _ = _coarse_image(img, p, coarse, bad)
+    if p.remove_banding:
+        _remove_banding(img)
+    if not sigma > 0 or not np.any(cimg > 0):
+        return unusable("the reference frame is blank (no signal)")
+    cref = _coarse_ref(cimg, coarse)
+    cat, fwhm, sat, src = _catalogue(rawf, img, bad, p, fp, coarse.bin)
+    template = _make_template(src, rawf, fwhm, sat, p)
+    log.debug("reference %s: %d catalogue stars, FWHM %.2f px, bin %d", img.shape,
+              cat.x.size, fwhm, coarse.bin)
+    return PreparedReference(img.shape, p, fp, coarse, cref, cat, fwhm, sat, template)
+
+
+def _resolve(reference: np.ndarray | PreparedReference, params: FrameParams | None,
+             kw: dict[str, Any]) -> tuple[PreparedReference, FrameParams]:
+    """The prepared reference and the per-frame parameters of one :func:`estimate_shift`."""
+    if not isinstance(reference, PreparedReference):
+        prep = prepare_reference(reference, frame_params=params, **kw)
+        return prep, prep.frame_params
+    base = reference.params
+    p, fp = resolve_params(base, reference.frame_params if params is None else params, kw)
+    changed = [k for k in REFERENCE_KEYS if getattr(p, k) != getattr(base, k)]
+    if changed:
+        raise ValueError(
+            f"parameter(s) {', '.join(changed)} differ from those the reference was prepared "
+            "with; prepare it again with them")
+    return reference, fp
+
+
+def estimate_shift(reference: np.ndarray | PreparedReference, moving: np.ndarray,
+                   params: FrameParams | None = None, **kw: Any) -> ShiftEstimate:
+    """Estimate the shift that moves ``moving`` onto ``reference``, automatically.
+
+    Coarse FFT cross-correlation of cleaned, binned images finds offsets of any size up to
+    ``max_shift_fraction`` of the frame; centroids of the reference's isolated bright stars then
+    give the sub-pixel shift and its uncertainty (see :mod:`starshift.registration`).
+
+    Parameters
+    ----------
+    reference : 2-D array or PreparedReference
+        The reference frame, or the result of :func:`prepare_reference` (much faster when
+        aligning many frames).
+    moving : 2-D array
+        The frame to align, same shape as the reference. NaNs are allowed. It is used as
+        given, never modified.
+    params : FrameParams, optional
+        The per-frame parameters; None takes those the reference was prepared with (for an
+        array reference, the defaults).
+    **kw
+        Any field of :class:`FrameParams`, applied on top of ``params``. Fields of
+        :class:`ReferenceParams` are accepted too: with an array reference they prepare it;
+        with a PreparedReference they must equal those it was prepared with (else
+        ValueError), so one set of keywords serves both calls.
+
+    Returns
+    -------
+    ShiftEstimate
+        ``dx, dy`` (reference - frame, x first: a sky point at reference pixel ``(x, y)`` is at
+        ``(x - dx, y - dy)`` in ``moving``), their 1-sigma uncertainties, the number of stars
+        used, the method (``'stars'``, ``'correlation'`` or ``'failed'``) and, for ``'stars'``,
+        the star matches. A frame that cannot be matched (no overlap, nothing to match, blank
+        or non-finite) gives ``ok=False`` and a ``reason``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Programmer errors: arrays that are not 2-D or differ in shape, unknown, ill-typed or
+        out-of-range parameters.
+    """
+    if not isinstance(reference, PreparedReference):
+        ref_shape = np.shape(reference)
+        if np.ndim(moving) == 2 and len(ref_shape) == 2 and ref_shape != np.shape(moving):
+            raise ValueError(f"moving frame shape {np.shape(moving)} differs from the "
+                             f"reference's {ref_shape}")
+    prep, fp = _resolve(reference, params, kw)
+    raw_in = _checked(moving, "moving")
+    if raw_in.shape != prep.shape:
+        raise ValueError(f"moving frame shape {raw_in.shape} differs from the reference's "
+                         f"{prep.shape}")
+    if not prep.ok:
+        return _failed(prep.reason)
+    with np.errstate(all="ignore"):
+        try:
+            # the frame as given (no copy): integer frames are finite, and a float frame's
+            # non-finite pixels are caught where they would matter (_NonFinite)
+            return _estimate(prep, fp, raw_in, raw_in, None, raw_in.dtype.kind == "f")
+        except _NonFinite:  # a float32 copy with the non-finite pixels filled and masked
+            img, bad = _as_image(raw_in, "moving")
+            return _estimate(prep, fp, raw_in, img, bad, False)
+
+
+def _estimate(prep: PreparedReference, fp: FrameParams, raw: np.ndarray, img: np.ndarray,
+              bad: np.ndarray | None, unchecked: bool) -> ShiftEstimate:
+    """The estimate proper.
+
+    ``img``: the frame, the caller's array itself (never modified), or a float32 copy with the
+    ``bad`` (non-finite) pixels filled; ``raw``: the caller's array, for saturation. When
+    ``unchecked`` (``img`` is the caller's float array), :class:`_NonFinite` is raised as soon
+    as a non-finite pixel shows up anywhere it would be used.
+    """
+    if bad is not None and bad.all():
+        return _failed("the frame has no finite pixels")
+    if bad is not None and bad.mean() > 0.9:
+        return _failed("more than 90% of the frame's pixels are not finite")
+    p = prep.params
+    c = prep._coarse
+    cimg, sigma, core = _coarse_image(img, p, c, bad)
+    if not (sigma > 0 and cimg.max() > 0):
+        if unchecked:  # perhaps NaN pixels: see with them masked
+            raise _NonFinite
+        return _failed("the frame is blank (no signal above the noise)")
+    pk = _correlate(prep._cref, cimg, c)
+    if unchecked and not math.isfinite(pk.significance):
+        raise _NonFinite  # NaN pixels reached the correlation
+    log.debug("coarse shift (%.2f, %.2f), significance %.1f, ncc %.3f", pk.dx, pk.dy,
+              pk.significance, pk.ncc)
+    if not (pk.significance >= fp.min_significance and pk.ncc >= fp.min_similarity):
+        return _failed(f"no match with the reference (correlation peak {pk.significance:.1f} "
+                       f"sigma, similarity {pk.ncc:.2f}): no overlap or nothing to match")
+    dx0, dy0 = pk.dx, pk.dy
+    # row and column patterns at full resolution: subtracted from each cutout, not the frame
+    bands = _banding(img) if p.remove_banding else None
+    if fp.refine and prep.n_catalogue > 0:
+        res = _fine(prep, fp, raw, img, bands, bad, unchecked, core, dx0, dy0)
+        if res is not None:
+            return res
+    if unchecked and not _finite(img):
+        raise _NonFinite
+    res = None
+    if prep._template is not None:
+        clean = np.array(img, dtype=np.float32)
+        if bands is not None:
+            clean -= bands[0][:, None]
+            clean -= bands[1][None, :]
+        res = _refine_correlation(prep._template, p, clean, dx0, dy0, bad)
+    if res is not None:
+        return res
+    return _failed("could not refine the correlation peak (too little signal where the "
+                   "reference has stars)")
+
+
+def _fine(prep: PreparedReference, fp: FrameParams, raw: np.ndarray, img: np.ndarray,
+          bands: tuple[np.ndarray, np.ndarray] | None, bad: np.ndarray | None,
+          unchecked: bool, core: np.ndarray | None, dx0: float, dy0: float
+          ) -> ShiftEstimate | None:
+    """Star-centroid step; None when fewer than ``min_stars`` consistent stars."""
+    p = prep.params
+    cat = prep._cat
+    _, search, half = _geometry(prep.fwhm, fp.search_radius, prep._coarse.bin)
+    ny, nx = img.shape
+    px = cat.x - dx0
+    py = cat.y - dy0
+    ix = np.rint(px).astype(np.int64)
+    iy = np.rint(py).astype(np.int64)
+    inside = (ix >= half) & (ix < nx - half) & (iy >= half) & (iy < ny - half)
+    if np.count_nonzero(inside) < fp.min_stars:
+        return None
+    sel = np.nonzero(inside)[0]
+    m = _measure(img, bands, raw, bad, px[sel], py[sel], prep.fwhm, search, half, p,
+                 fp.match_threshold,
+                 lambda peaks: _frame_saturation(raw, p, core, prep.saturation, unchecked, peaks),
+                 unchecked)
+    if np.count_nonzero(m.ok) < fp.min_stars:
+        return None
+    s = sel[m.ok]
+    d = (cat.xy[s] - m.xy[m.ok]).T  # (axis, star)
+    e2 = m.err[:, m.ok] ** 2  # (part, star, axis)
+    comb = _combine(d, cat.err2[:, :, s] + e2.transpose(2, 0, 1), fp)
+    if comb is None:
+        return None
+    dx, dy, sdx, sdy, n, used = comb
+    matches = StarMatches(ref_x=cat.x[s], ref_y=cat.y[s], x=m.x[m.ok], y=m.y[m.ok],
+                          ref_flux=cat.flux[s], flux=m.flux[m.ok], used=used)
+    return ShiftEstimate(dx, dy, sdx, sdy, n, "stars", True, "", matches)
+
+
+def choose_reference(frames: Sequence[np.ndarray], params: ReferenceParams | None = None,
+                     frame_params: FrameParams | None = None, **kw: Any) -> int:
+    """Index of the best reference: the sharpest frame among those with the most stars.
+
+    Stars (isolated-or-not sources with peak S/N above ``detect_threshold``, not saturated, not
+    hot pixels) are counted in every frame; among frames with at least ``ref_star_fraction``
+    of the largest count, the one with the smallest median FWHM is chosen.
+
+    Parameters
+    ----------
+    frames : sequence of 2-D arrays
+        The night's frames (same shape).
+    params : ReferenceParams, optional
+        Source detection and saturation parameters (defaults when None).
+    frame_params : FrameParams, optional
+        For ``ref_star_fraction`` (defaults when None).
+    **kw
+        Any field of :class:`ReferenceParams` or :class:`FrameParams`, applied on top.
+
+    Returns
+    -------
+    int
+        Index into ``frames`` (0 if no frame has stars).
+
+    Raises
+    ------
+    ValueError, TypeError
+        For an empty sequence, frames that are not 2-D or differ in shape, or an unknown /
+        ill-typed / out-of-range parameter.
+    """
+    p, fp = resolve_params(params, frame_params, kw)
+    if len(frames) == 0:
+        raise ValueError("choose_reference needs at least one frame")
+    shape = None
+    counts, fwhms = [], []
+    for i, frame in enumerate(frames):
+        img, bad = _as_image(frame, f"frames[{i}]")
+        if shape is None:
+            shape = img.shape
+        elif img.shape != shape:
+            raise ValueError(f"frames[{i}] has shape {img.shape}, frames[0] {shape}")
+        if bad is not None and bad.all():
+            counts.append(0)
+            fwhms.append(math.inf)
+            continue
+        raw = img.copy()
+        if p.remove_banding:
+            _remove_banding(img)
+        src = _find_sources(raw, img, p, bad=bad)
+        sat = _saturation_level(raw, p)
+        fwhm = _estimate_fwhm(src, sat, p)
+        good = ((src.snr >= p.detect_threshold) & _star_like(src, fwhm)
+                & (src.raw_peak < p.saturation_fraction * sat))
+        counts.append(int(np.count_nonzero(good)))
+        fwhms.append(fwhm if good.any() else math.inf)
+        log.debug("frame %d: %d stars, FWHM %.2f", i, counts[-1], fwhms[-1])
+    best = max(counts)
+    if best == 0:
+        return 0
+    cand = [i for i, n in enumerate(counts) if n >= fp.ref_star_fraction * best]
+    return min(cand, key=lambda i: (fwhms[i], -counts[i], i))

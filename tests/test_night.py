@@ -1,0 +1,94 @@
+"""The night loop: each frame read once per stage, the reference prepared once, any method."""
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from conftest import NIGHT_SHIFTS
+
+import starshift.io
+import starshift.night
+from starshift import columns as C
+from starshift.config import compose_align
+from starshift.night import Measurement
+from starshift.pipeline.stages import align, stage_measure, stage_reject, stage_shift
+
+BOX = ["method=box", "centroid.box_center=[80,60]", "centroid.box_size=21"]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Counts frame reads (by file name) and reference preparations."""
+    reads, prepared = Counter(), Counter()
+    read, prepare = starshift.io.read_frame, starshift.night.prepare_reference
+
+    def counting_read(path):
+        reads[str(path).rsplit("/", 1)[-1]] += 1
+        return read(path)
+
+    def counting_prepare(data, **kw):
+        prepared["reference"] += 1
+        return prepare(data, **kw)
+
+    monkeypatch.setattr(starshift.io, "read_frame", counting_read)
+    monkeypatch.setattr(starshift.night, "prepare_reference", counting_prepare)
+    return reads, prepared
+
+
+@pytest.mark.parametrize("overrides", [BOX, ["method=auto"]], ids=["box", "auto"])
+def test_align_reads_each_frame_once_and_prepares_reference_once(small_night, tmp_path,
+                                                                   counted, overrides):
+    reads, prepared = counted
+    diag = align(small_night, tmp_path / "out", compose_align(overrides))
+    assert list(diag[C.FILE]) == list(NIGHT_SHIFTS)
+    assert reads == Counter({name: 1 for name in NIGHT_SHIFTS})
+    assert prepared["reference"] == 1
+
+
+def test_each_dvc_stage_reads_each_frame_once(small_night, tmp_path, counted):
+    reads, prepared = counted
+    cfg = compose_align(BOX)
+    stage_measure(small_night, tmp_path / "shifts.csv", cfg)
+    assert reads == Counter({name: 1 for name in NIGHT_SHIFTS}) and prepared["reference"] == 1
+    reads.clear()
+    prepared.clear()
+    stage_shift(small_night, tmp_path / "shifts.csv", tmp_path / "shifted",
+                tmp_path / "residuals.csv", cfg)
+    assert reads == Counter({name: 1 for name in NIGHT_SHIFTS}) and prepared["reference"] == 1
+    reads.clear()
+    diag = stage_reject(tmp_path / "shifted", tmp_path / "residuals.csv", tmp_path / "accepted",
+                        tmp_path / "diagnostics.csv", cfg)
+    assert not reads  # decisions come from the tables alone
+    assert (diag[C.STATUS] == C.KEPT).all()
+
+
+def test_a_third_method_is_one_class(small_night):
+    """Any object with the Method members runs through the loop: here, the truth itself."""
+
+    @dataclass(frozen=True)
+    class TruthMethod:
+        name: str = "truth"
+        reference_n_stars: int = 0
+        needs_shifted_median: bool = False
+
+        def measure(self, ref, data):
+            # the brightest pixel is the bright star: whole-pixel shift, enough for a test
+            y, x = np.unravel_index(np.argmax(data), data.shape)
+            ry, rx = np.unravel_index(np.argmax(ref.data), ref.data.shape)
+            return Measurement(float(rx - x), float(ry - y), 0.5, 0.5, 1, self.name)
+
+        def residual(self, ref, shifted, measured, applied, shifted_median):
+            return measured.dx - applied[0], measured.dy - applied[1], ""
+
+    paths = sorted(p for p in small_night.glob("f*.fit"))
+    ref_data, ref_header = starshift.io.read_frame(paths[0])
+    ref = starshift.night.prepare_night_reference(paths[0].name, ref_data, ref_header, {})
+    results = list(starshift.night.align_night(
+        [p.name for p in paths], lambda n: starshift.io.read_frame(small_night / n), ref,
+        TruthMethod(), shift=starshift.night.ShiftSettings()))
+    for r in results:
+        tdx, tdy = NIGHT_SHIFTS[r.row[C.FILE]]
+        assert abs(r.row[C.DX] - tdx) <= 0.5 and abs(r.row[C.DY] - tdy) <= 0.5
+        assert r.row[C.METHOD] in ("truth",)
+        assert r.header["SSMETHOD"] == "truth"
