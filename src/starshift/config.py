@@ -365,6 +365,7 @@ class NightSettings:
     glob: str
     pre_shift: dict[str, tuple[int, int]]
     bad_frames: frozenset[str]
+    keep_frames: frozenset[str]
     shift: Any
     limits: Any
     catalogue: dict[str, Any]
@@ -389,6 +390,7 @@ def night_settings(cfg: DictConfig) -> NightSettings:
         glob=plain["glob"],
         pre_shift={k: (int(v[0]), int(v[1])) for k, v in plain["pre_shift"].items()},
         bad_frames=frozenset(plain["bad_frames"]),
+        keep_frames=frozenset(plain.get("keep_frames", ())),
         shift=ShiftSettings(**{**plain["shift"], "fill": parse_fill(plain["shift"]["fill"])}),
         limits=RejectLimits(**plain["reject"]),
         catalogue=auto,

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,34 @@ PICTTYPE_LIGHT = 1
 
 
 # --------------------------------------------------------------------------- discovery
-def _glob_files(directory: Path, globs: Iterable[str]) -> list[Path]:
-    found: set[Path] = set()
+def _no_case(pattern: str) -> str:
+    """A glob pattern that matches letters in either case (camera software writes .FIT too)."""
+    out, in_class = [], False
+    for ch in pattern:
+        if ch == "[":
+            in_class = True
+        elif ch == "]":
+            in_class = False
+        out.append(f"[{ch.lower()}{ch.upper()}]" if ch.isalpha() and not in_class else ch)
+    return "".join(out)
+
+
+def split_globs(globs: str | Iterable[str] | None) -> list[str]:
+    """The glob patterns of a ``glob`` setting (comma-separated string or list)."""
+    if globs is None:
+        return list(DEFAULT_GLOBS)
+    if isinstance(globs, str):
+        globs = globs.split(",")
+    return [g.strip() for g in globs if g.strip()]
+
+
+def _glob_files(directory: Path, globs: Iterable[str]) -> list[str]:
+    """Names (paths relative to ``directory``, '/'-separated) of the files the globs match."""
+    found: set[str] = set()
     for pattern in globs:
-        found.update(p for p in directory.glob(pattern) if p.is_file())
-    return sorted(found, key=lambda p: p.name)
+        found.update(p.relative_to(directory).as_posix()
+                     for p in directory.glob(_no_case(pattern)) if p.is_file())
+    return sorted(found)
 
 
 def is_light_frame(header: fits.Header) -> bool:
@@ -54,64 +78,118 @@ def is_light_frame(header: fits.Header) -> bool:
     return True
 
 
-def find_light_frames(directory: str | os.PathLike, globs: str | Iterable[str] | None = None
-                      ) -> list[Path]:
-    """Light frames in ``directory``, sorted by file name.
+def read_header(path: str | os.PathLike) -> fits.Header:
+    """The header of a FITS file's image (primary, or the first image extension).
 
-    Headers are read through ccdproc's :class:`~ccdproc.ImageFileCollection`; selection follows
-    :func:`is_light_frame`. Raises :class:`StarshiftError` for a missing directory or when no
-    light frame is found.
+    Reads only the header blocks of a plain file. Raises :class:`StarshiftError` naming the
+    file when it cannot be read (missing, no permission, empty, not FITS, truncated header).
     """
-    from ccdproc import ImageFileCollection
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(_BLOCK)
+            if not head:
+                raise StarshiftError(f"{path}: empty file (0 bytes)")
+            if head.startswith(b"SIMPLE  =                    T"):
+                while True:
+                    end = _end_card(head)
+                    if end >= 0:
+                        header = fits.Header.fromstring(head[:end + 80].decode("ascii"))
+                        if header.get("NAXIS", 0) or not header.get("EXTEND"):
+                            return header
+                        break  # an empty primary: the image is in an extension
+                    more = fh.read(_BLOCK)
+                    if not more:
+                        raise StarshiftError(f"{path}: truncated FITS header (no END card)")
+                    head += more
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            with fits.open(path, memmap=False) as hdul:
+                hdu = next((h for h in hdul if h.is_image and h.header.get("NAXIS") == 2),
+                           hdul[0])
+                return hdu.header.copy()
+    except StarshiftError:
+        raise
+    except PermissionError:
+        raise StarshiftError(f"{path}: no permission to read it") from None
+    except Exception as exc:
+        raise StarshiftError(f"{path}: not a readable FITS file ({_first_line(exc)})") from exc
 
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _end_card(buf: bytes) -> int:
+    """Offset of the END card in ``buf`` (a FITS header's start), -1 when not there yet."""
+    for start in range(0, len(buf) - 79, 80):
+        if buf[start: start + 3] == b"END" and not buf[start + 3: start + 80].strip():
+            return start
+    return -1
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What a directory holds: its light frames, and the matched files that cannot be read.
+
+    Names are paths relative to the directory ('/'-separated), sorted. ``unreadable`` maps a
+    name to the reason; ``n_other`` counts readable frames that are not light frames.
+    """
+
+    directory: Path
+    lights: tuple[str, ...]
+    unreadable: dict[str, str]
+    n_other: int = 0
+
+    @property
+    def names(self) -> list[str]:
+        """Every frame that gets a row: the light frames and the unreadable files, by name."""
+        return sorted((*self.lights, *self.unreadable))
+
+
+def discover(directory: str | os.PathLike, globs: str | Iterable[str] | None = None
+             ) -> Discovery:
+    """Find the light frames in ``directory`` by their headers (only the headers are read).
+
+    Extensions match in any case (``.fit``, ``.FIT``, ``.fits``, ``.FITS``, ``.fts``).
+    Selection follows :func:`is_light_frame`. A file the globs match but that cannot be read
+    is listed in ``unreadable`` with its reason, never dropped silently. Raises
+    :class:`StarshiftError` for a missing directory, when nothing matches, or when nothing
+    matched is a light frame or unreadable.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise StarshiftError(f"{directory}: no such directory; give the folder holding the frames")
-    if globs is None:
-        globs = DEFAULT_GLOBS
-    elif isinstance(globs, str):
-        globs = [g.strip() for g in globs.split(",") if g.strip()]
+    globs = split_globs(globs)
     files = _glob_files(directory, globs)
     if not files:
         raise StarshiftError(
-            f"{directory}: no files matching {', '.join(globs)}; check the path or the glob"
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyWarning)
+            f"{directory}: no files matching {', '.join(globs)}; check the path or the glob")
+    lights, unreadable, other = [], {}, 0
+    for name in files:
         try:
-            ifc = ImageFileCollection(
-                location=str(directory), filenames=[f.name for f in files],
-                keywords=["picttype", "imagetyp"],
-            )
-            summary = ifc.summary
-        except Exception as exc:  # a corrupt file makes the collection fail as a whole
-            bad = _first_unreadable(files)
-            raise StarshiftError(f"{bad or directory}: not a readable FITS file ({exc})") from exc
-    lights = []
-    for row in summary:
-        hdr = fits.Header()
-        for key in ("picttype", "imagetyp"):
-            value = row[key] if key in summary.colnames else None
-            if value is not None and not np.ma.is_masked(value):
-                hdr[key.upper()] = value
-        if is_light_frame(hdr):
-            lights.append(directory / row["file"])
-    if not lights:
+            header = read_header(directory / name)
+        except StarshiftError as exc:
+            unreadable[name] = str(exc).removeprefix(f"{directory / name}: ")
+            log.warning("%s", exc)
+            continue
+        if is_light_frame(header):
+            lights.append(name)
+        else:
+            other += 1
+    if not lights and not unreadable:
         raise StarshiftError(
             f"{directory}: {len(files)} FITS file(s) but no light frame (PICTTYPE=1 or "
-            "IMAGETYP containing 'light'); point at the science frames"
-        )
-    return sorted(lights, key=lambda p: p.name)
+            "IMAGETYP containing 'light'); point at the science frames")
+    return Discovery(directory, tuple(lights), unreadable, other)
 
 
-def _first_unreadable(files: Iterable[Path]) -> Path | None:
-    for f in files:
-        try:
-            with fits.open(f) as hdul:
-                hdul[0].header  # noqa: B018
-        except Exception:
-            return f
-    return None
+def find_light_frames(directory: str | os.PathLike, globs: str | Iterable[str] | None = None
+                      ) -> list[Path]:
+    """Paths of the readable light frames in ``directory``, sorted (see :func:`discover`)."""
+    found = discover(directory, globs)
+    return [found.directory / n for n in found.lights]
 
 
 # --------------------------------------------------------------------------- FITS
@@ -177,11 +255,7 @@ def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
         buf = fh.read()
     if not buf.startswith(b"SIMPLE  =                    T"):
         return None
-    end = -1
-    for start in range(0, len(buf) - 79, 80):  # the END card closes the header
-        if buf[start: start + 3] == b"END" and not buf[start + 3: start + 80].strip():
-            end = start
-            break
+    end = _end_card(buf)  # the END card closes the header
     if end < 0:
         return None
     hlen = (end // _BLOCK + 1) * _BLOCK

@@ -359,22 +359,41 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
     """
     pre_shift = pre_shift or {}
     for name in names:
-        data, header = (ref.data, ref.header) if name == ref.name else read(name)
+        if measured is not None:
+            row = dict(measured[name])
+            if shift is None or row[C.STATUS] == C.FAILED:  # nothing to read
+                yield _with_shift_columns(FrameResult(row), shift)
+                continue
+        try:
+            data, header = (ref.data, ref.header) if name == ref.name else read(name)
+        except StarshiftError as exc:  # the file, not the program: this frame fails, not all
+            yield _with_shift_columns(FrameResult(unreadable_row(name, method, str(exc))), shift)
+            continue
         if measured is None:
             row = measure_row(name, data, ref, method, pre_shift.get(name, (0, 0)), fill)
             row.update({C.FILE: name, C.FILTER: str(header.get("FILTER", "")),
                         C.EXPTIME: _header_number(header, "EXPTIME"),
                         C.REFERENCE: int(name == ref.name)})
-        else:
-            row = dict(measured[name])
-        result = FrameResult(row)
-        if shift is not None:
-            row.update(_SHIFT_COLUMNS)
-            if row[C.STATUS] != C.FAILED:
-                result.data, result.header, update = shift_row(data, header, row, ref, method,
-                                                               shift, cards or {})
-                row.update(update)
+        result = _with_shift_columns(FrameResult(row), shift)
+        if shift is not None and row[C.STATUS] != C.FAILED:
+            result.data, result.header, update = shift_row(data, header, row, ref, method,
+                                                           shift, cards or {})
+            row.update(update)
         yield result
+
+
+def unreadable_row(name: str, method: Method, reason: str) -> dict:
+    """The row of a frame that could not be read: failed, with the reason."""
+    return {C.FILE: name, C.FILTER: "", C.EXPTIME: np.nan, C.REFERENCE: 0,
+            C.METHOD: method.name, C.X: np.nan, C.Y: np.nan, C.DX: np.nan, C.DY: np.nan,
+            C.SIGMA_DX: np.nan, C.SIGMA_DY: np.nan, C.N_STARS: 0, C.PRE_DX: 0, C.PRE_DY: 0,
+            C.STATUS: C.FAILED, C.REASON: f"cannot be read: {reason}"}
+
+
+def _with_shift_columns(result: FrameResult, shift: ShiftSettings | None) -> FrameResult:
+    if shift is not None:
+        result.row.update(_SHIFT_COLUMNS)
+    return result
 
 
 # --------------------------------------------------------------------------- decisions

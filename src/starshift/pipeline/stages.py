@@ -31,40 +31,48 @@ SHIFTS_COLUMNS = [C.FILE, C.FILTER, C.EXPTIME, C.REFERENCE, C.METHOD, C.X, C.Y, 
 
 
 # --------------------------------------------------------------------------- inputs
-def light_frames(input_dir: Path, s: NightSettings) -> list[Path]:
-    """The night's light frames, sorted by name, with the config's file names checked."""
-    paths = fio.find_light_frames(input_dir, s.glob)
-    names = {p.name for p in paths}
+def discover(input_dir: Path, s: NightSettings) -> fio.Discovery:
+    """The night's frames (light frames and unreadable matches), the config's names checked."""
+    found = fio.discover(input_dir, s.glob)
+    names = set(found.names)
     for key, listed in (("pre_shift", list(s.pre_shift)), ("bad_frames", sorted(s.bad_frames)),
+                        ("keep_frames", sorted(s.keep_frames)),
                         ("reference", [s.reference] if s.reference not in (None, "auto")
                          else [])):
         missing = [n for n in listed if n not in names]
         if missing:
             raise StarshiftError(f"{key}: {missing[0]} is not a light frame in {input_dir}; "
                                  "check the file name")
-    return paths
+    return found
 
 
 def _reader(input_dir: Path):
     return lambda name: fio.read_frame(input_dir / name)
 
 
-def choose_reference_name(paths: list[Path], s: NightSettings, progress: bool = False) -> str:
+def choose_reference_name(found: fio.Discovery, s: NightSettings, progress: bool = False
+                          ) -> str:
     """The reference frame: the first (default), a named file, or ``'auto'``.
 
-    ``'auto'`` reads every frame once more to choose (the choice is logged).
+    An unreadable reference is an error naming it (never silently another frame).
+    ``'auto'`` chooses among the readable frames, reading each once more (the choice is logged
+    and recorded in the headers and the diagnostics' reference column).
     """
-    if s.reference is None:
-        return paths[0].name
     if s.reference == "auto":
         from ..registration import choose_reference
 
-        datas = [fio.read_frame(p)[0] for p in tqdm(paths, desc="reference",
-                                                     disable=not progress)]
-        name = paths[int(choose_reference(datas, **s.catalogue))].name
+        lights = list(found.lights)
+        datas = [fio.read_frame(found.directory / n)[0]
+                 for n in tqdm(lights, desc="reference", disable=not progress)]
+        name = lights[int(choose_reference(datas, **s.catalogue))]
         log.info("reference=auto chose %s", name)
         return name
-    return s.reference
+    name = found.names[0] if s.reference is None else s.reference
+    if name in found.unreadable:
+        raise StarshiftError(f"{found.directory / name}: the reference frame cannot be read "
+                             f"({found.unreadable[name]}); fix it or choose another with "
+                             "reference=FILE")
+    return name
 
 
 def load_reference(input_dir: Path, name: str, s: NightSettings) -> NightReference:
@@ -105,9 +113,9 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
             ) -> tuple[pd.DataFrame, NightReference]:
     """The shifts table of a night: one row per light frame, in name order."""
     input_dir, s = Path(input_dir), night_settings(cfg)
-    paths = light_frames(input_dir, s)
-    ref = load_reference(input_dir, choose_reference_name(paths, s, progress), s)
-    names = [p.name for p in paths]
+    found = discover(input_dir, s)
+    ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
+    names = found.names
     results = align_night(names, _reader(input_dir), ref, s.method, pre_shift=s.pre_shift,
                           fill=s.shift.fill)
     rows = [r.row for r in _progress(results, len(names), f"measure {input_dir.name}", progress)]
@@ -125,9 +133,9 @@ def align(input_dir: str | Path, output_dir: str | Path, cfg, progress: bool = F
         raise StarshiftError(f"{output_dir}: output directory must differ from the input "
                              "(inputs are never modified)")
     s = night_settings(cfg)
-    paths = light_frames(input_dir, s)
-    ref = load_reference(input_dir, choose_reference_name(paths, s, progress), s)
-    names = [p.name for p in paths]
+    found = discover(input_dir, s)
+    ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
+    names = found.names
     results = align_night(names, _reader(input_dir), ref, s.method, pre_shift=s.pre_shift,
                           fill=s.shift.fill, shift=s.shift, cards=_provenance(s))
     rows = []
