@@ -31,6 +31,8 @@ FWHM = "fwhm"
 ELONGATION = "elongation"
 STATUS = "status"
 REASON = "reason"
+# 1 when the frame was turned by 180 deg before shifting (a meridian flip)
+FLIP = "flip"
 # 1 for the night's reference frame (shifts table)
 REFERENCE = "reference"
 # why the new shift could not be measured after shifting ('' when it could)
@@ -48,7 +50,7 @@ FAILED = "failed"
 STATUSES = (KEPT, REJECTED, FAILED)
 
 DIAGNOSTICS = [
-    FILE, FILTER, EXPTIME, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, PRE_DX, PRE_DY,
+    FILE, FILTER, EXPTIME, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, FLIP, PRE_DX, PRE_DY,
     APPLIED_DX, APPLIED_DY, RESIDUAL_DX, RESIDUAL_DY, BKGSUB, FWHM, ELONGATION, STATUS, REASON,
 ]
 

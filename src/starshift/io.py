@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterable
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -372,17 +373,107 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def _atomic(path: Path, writer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         writer(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # full disk, read-only folder, a file in the way
+            raise StarshiftError(f"{path}: cannot write ({exc.strerror or exc})") from exc
         raise
+
+
+# --------------------------------------------------------------------------- output folders
+class OutputFolder:
+    """A run's output folder, written as a whole (see :func:`output_folder`)."""
+
+    def __init__(self, path: Path, staging: Path):
+        self.path = path
+        self.staging = staging
+
+    def require_free(self, nbytes: int) -> None:
+        """Fail now, before any work, when the disk has less than ``nbytes`` free."""
+        free = shutil.disk_usage(self.staging).free
+        if free < nbytes:
+            raise StarshiftError(f"{self.path}: only {free} bytes free on its disk, less than "
+                                 f"one output frame ({nbytes} bytes); free some space")
+
+
+def _hidden(path: Path, what: str) -> Path:
+    return path.parent / f".{path.name}.{what}"
+
+
+@contextmanager
+def output_folder(path: str | os.PathLike, marker: str | None = None):
+    """Write a folder as the product of one run: locked, staged beside it, swapped in at the end.
+
+    Yields an :class:`OutputFolder` whose ``staging`` directory receives the outputs. On
+    success the previous folder (if any) is replaced by it as a whole; on any error or
+    interruption the staging is removed and the previous folder stays as it was. A concurrent
+    run into the same folder is refused with one line; what a killed run left (staging,
+    half-swapped folders, temporary files) is cleaned up first. With ``marker``, an existing
+    non-empty folder is replaced only if it holds that file (it is a previous run's output, not
+    someone's own files).
+    """
+    import fcntl
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StarshiftError(f"{path}: is a file, not a folder; choose another output folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(_hidden(path, "lock"), os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise StarshiftError(f"{path}: cannot write there ({exc.strerror or exc}); "
+                             "choose a writable output folder") from exc
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            lock = None
+            raise StarshiftError(f"{path}: another starshift run is writing this folder; wait "
+                                 "for it to finish or choose another folder") from None
+        staging, old = _hidden(path, "staging"), _hidden(path, "old")
+        if old.exists():  # a run killed mid-swap: the previous output is the complete one
+            if not path.exists():
+                os.rename(old, path)
+            else:
+                shutil.rmtree(old)
+        if staging.exists():
+            shutil.rmtree(staging)
+        if marker and path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+            raise StarshiftError(f"{path}: holds files that are not a starshift output (no "
+                                 f"{marker}); choose an empty or new output folder")
+        try:
+            staging.mkdir()
+            probe = staging / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise StarshiftError(f"{path}: cannot write there ({exc.strerror or exc}); "
+                                 "choose a writable output folder") from exc
+        try:
+            yield OutputFolder(path, staging)
+            if path.exists():
+                os.rename(path, old)
+            os.rename(staging, path)
+            if old.exists():
+                shutil.rmtree(old)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        if lock is not None:  # ours: remove the lock file while still holding the lock
+            with suppress(OSError):
+                os.unlink(_hidden(path, "lock"))
+            os.close(lock)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -398,3 +489,92 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     if not src.is_file():
         raise StarshiftError(f"{src}: no such file")
     _atomic(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
+
+
+# --------------------------------------------------------------------------- shifted headers
+#: Keywords that stop being true once the background is subtracted (display levels, the
+#: camera's pedestal, data range): removed from a shifted frame's header.
+STALE_AFTER_BACKGROUND = ("PEDESTAL", "CBLACK", "CWHITE", "DATAMIN", "DATAMAX")
+#: Saturation keywords: moved down by the subtracted background.
+SATURATION_KEYS = ("SATURATE", "SATLEVEL")
+_WCS_SUFFIXES = ("", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def ascii_value(text: str) -> str:
+    """``text`` as a FITS header card can hold it (non-ASCII characters escaped)."""
+    return str(text).encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _flip_wcs(header: fits.Header, shape: tuple[int, int]) -> None:
+    """Turn every WCS in ``header`` with a 180-degree rotation of the pixel grid.
+
+    Pixel (x, y) (1-based, FITS) goes to (NAXIS1 + 1 - x, NAXIS2 + 1 - y): CRPIX is mirrored
+    and the linear part (CD, PC, or CDELT without either) changes sign; SIP coefficients
+    A_p_q, B_p_q (and the inverse AP, BP) pick up (-1)^(p+q+1).
+    """
+    n = (shape[1], shape[0])
+    for a in _WCS_SUFFIXES:
+        if f"CRPIX1{a}" not in header and f"CRPIX2{a}" not in header:
+            continue
+        for i in (1, 2):
+            key = f"CRPIX{i}{a}"
+            if key in header:
+                header[key] = n[i - 1] + 1 - float(header[key])
+        linear = [f"{kind}{i}_{j}{a}" for kind in ("CD", "PC") for i in (1, 2) for j in (1, 2)]
+        present = [k for k in linear if k in header]
+        if present:
+            for k in present:
+                header[k] = -float(header[k])
+        else:
+            for i in (1, 2):
+                if f"CDELT{i}{a}" in header:
+                    header[f"CDELT{i}{a}"] = -float(header[f"CDELT{i}{a}"])
+    for key in list(header.keys()):
+        parts = key.split("_")
+        if len(parts) == 3 and parts[0] in ("A", "B", "AP", "BP") and parts[1].isdigit() \
+                and parts[2].isdigit():
+            p, q = int(parts[1]), int(parts[2])
+            header[key] = float(header[key]) * (-1) ** (p + q + 1)
+
+
+def _shift_wcs(header: fits.Header, dx: float, dy: float) -> None:
+    """Move every WCS in ``header`` with data shifted by (dx, dy) px: CRPIX += shift."""
+    for a in _WCS_SUFFIXES:
+        for i, d in ((1, dx), (2, dy)):
+            key = f"CRPIX{i}{a}"
+            if key in header:
+                try:
+                    header[key] = float(header[key]) + d
+                except (TypeError, ValueError):
+                    log.warning("%s=%r is not a number: left as it was", key, header[key])
+
+
+def shifted_header(header: fits.Header, shape: tuple[int, int], dx: float, dy: float, *,
+                   flipped: bool = False, background: float = 0.0, order: int = 0,
+                   reference: str = "", version: str = "") -> fits.Header:
+    """The header of a frame rotated by 180 deg (if ``flipped``), shifted and background-
+    subtracted: its WCS moved with the data, stale keywords removed, HISTORY of each step.
+
+    ``header`` is not modified; ``shape`` is the data's (ny, nx). No timestamps are written,
+    so the same inputs give the same header.
+    """
+    hdr = header.copy()
+    tag = f"starshift {version}".strip()
+    if flipped:
+        _flip_wcs(hdr, shape)
+        hdr.add_history(f"{tag}: rotated 180 deg (meridian flip), an exact pixel permutation")
+    _shift_wcs(hdr, dx, dy)
+    how = "whole pixels" if order == 0 else f"interpolation order {order}"
+    hdr.add_history(f"{tag}: shifted by ({dx:+.4f}, {dy:+.4f}) px ({how}) onto "
+                    f"{ascii_value(reference)}")
+    if background:
+        for key in STALE_AFTER_BACKGROUND:
+            hdr.remove(key, ignore_missing=True, remove_all=True)
+        for key in SATURATION_KEYS:
+            if key in hdr:
+                try:
+                    hdr[key] = round(float(hdr[key]) - background, 6)
+                except (TypeError, ValueError):
+                    hdr.remove(key, remove_all=True)
+        hdr.add_history(f"{tag}: median background {background:.6g} adu subtracted")
+    return hdr

@@ -22,9 +22,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import __version__
 from . import columns as C
 from ._stats import median
 from .errors import StarshiftError
+from .io import ascii_value, shifted_header
 from .quality import star_shapes
 from .registration import (
     CentroidFailed,
@@ -97,6 +99,9 @@ class Measurement:
     label: str = ""
     reason: str = ""
     position: tuple[float, float] | None = None
+    #: the frame matches the reference after a 180-degree turn (a meridian flip); the shift
+    #: then applies to ``np.rot90(frame, 2)``
+    flipped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -175,7 +180,8 @@ class AutoMethod:
         label = f"{self.name}:{est.method}"
         if not est.ok:
             return Measurement(label=label, reason=est.reason or "automatic alignment failed")
-        return Measurement(est.dx, est.dy, est.sigma_dx, est.sigma_dy, est.n_stars, label)
+        return Measurement(est.dx, est.dy, est.sigma_dx, est.sigma_dy, est.n_stars, label,
+                           flipped=bool(getattr(est, "flipped", False)))
 
     def residual(self, ref, shifted, measured, applied, shifted_median):
         return measured.dx - applied[0], measured.dy - applied[1], ""
@@ -244,7 +250,7 @@ def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method
     """The shifts-table row of one frame (the measured shift onto the reference)."""
     row = {C.PRE_DX: pre[0], C.PRE_DY: pre[1], C.METHOD: method.name, C.X: np.nan,
            C.Y: np.nan, C.DX: np.nan, C.DY: np.nan, C.SIGMA_DX: np.nan, C.SIGMA_DY: np.nan,
-           C.N_STARS: 0, C.STATUS: "ok", C.REASON: ""}
+           C.N_STARS: 0, C.FLIP: 0, C.STATUS: "ok", C.REASON: ""}
     if name == ref.name:
         row.update({C.DX: 0.0, C.DY: 0.0, C.SIGMA_DX: 0.0, C.SIGMA_DY: 0.0,
                     C.N_STARS: method.reference_n_stars})
@@ -262,7 +268,7 @@ def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method
         row.update({C.STATUS: C.FAILED, C.REASON: m.reason})
         return row
     row.update({C.DX: m.dx + pre[0], C.DY: m.dy + pre[1], C.SIGMA_DX: m.sigma_dx,
-                C.SIGMA_DY: m.sigma_dy, C.N_STARS: m.n_stars})
+                C.SIGMA_DY: m.sigma_dy, C.N_STARS: m.n_stars, C.FLIP: int(m.flipped)})
     if m.position is not None:
         row[C.X], row[C.Y] = m.position[0] - pre[0], m.position[1] - pre[1]
     elif ref.position is not None:
@@ -285,6 +291,9 @@ def shift_row(data: np.ndarray, header, row: Mapping, ref: NightReference, metho
     shift's own (XOFFSET/YOFFSET accumulated, BKGSUB, SSMETHOD, SSORDER, SSREF).
     """
     adx, ady = applied_shift(row[C.DX], row[C.DY], settings.order)
+    flipped = bool(row.get(C.FLIP, 0) == 1)
+    if flipped:  # a meridian flip: turn the frame by 180 deg first (a pixel permutation)
+        data = np.rot90(data, 2)
     cval = fill_value(data, settings.fill)
     shifted = apply_shift(data, adx, ady, order=settings.order, fill=cval)
     # the shifted frame's median: the seed's background, and the box re-measure's offset
@@ -299,16 +308,19 @@ def shift_row(data: np.ndarray, header, row: Mapping, ref: NightReference, metho
     stars = ref.stars
     fwhm, elong, _ = star_shapes(shifted, stars) if len(stars) else (np.nan, np.nan, 0)
     bkg = 0.0
-    if settings.subtract_background:
+    if settings.subtract_background and np.isfinite(shifted_median):
         bkg = shifted_median
         shifted = shifted - bkg
-    hdr = header.copy()
+    hdr = shifted_header(header, shifted.shape, adx, ady, flipped=flipped, background=bkg,
+                         order=settings.order, reference=ref.name, version=__version__)
     hdr["XOFFSET"] = (_accumulated(hdr, "XOFFSET", adx), "[px] x shift applied (accumulated)")
     hdr["YOFFSET"] = (_accumulated(hdr, "YOFFSET", ady), "[px] y shift applied (accumulated)")
     hdr["BKGSUB"] = (round(float(bkg), 6), "[adu] median background subtracted")
     hdr["SSMETHOD"] = (str(row[C.METHOD]), "starshift shift estimation method")
     hdr["SSORDER"] = (int(settings.order), "starshift interpolation order")
-    hdr["SSREF"] = (ref.name, "starshift reference frame")
+    hdr["SSREF"] = (ascii_value(ref.name), "starshift reference frame")
+    if flipped:
+        hdr["SSFLIP"] = (True, "starshift rotated the frame by 180 deg (meridian flip)")
     for key, card in cards.items():
         hdr[key] = card
     update = {C.APPLIED_DX: adx, C.APPLIED_DY: ady, C.RESIDUAL_DX: rdx, C.RESIDUAL_DY: rdy,
@@ -386,8 +398,8 @@ def unreadable_row(name: str, method: Method, reason: str) -> dict:
     """The row of a frame that could not be read: failed, with the reason."""
     return {C.FILE: name, C.FILTER: "", C.EXPTIME: np.nan, C.REFERENCE: 0,
             C.METHOD: method.name, C.X: np.nan, C.Y: np.nan, C.DX: np.nan, C.DY: np.nan,
-            C.SIGMA_DX: np.nan, C.SIGMA_DY: np.nan, C.N_STARS: 0, C.PRE_DX: 0, C.PRE_DY: 0,
-            C.STATUS: C.FAILED, C.REASON: f"cannot be read: {reason}"}
+            C.SIGMA_DX: np.nan, C.SIGMA_DY: np.nan, C.N_STARS: 0, C.FLIP: 0, C.PRE_DX: 0,
+            C.PRE_DY: 0, C.STATUS: C.FAILED, C.REASON: f"cannot be read: {reason}"}
 
 
 def _with_shift_columns(result: FrameResult, shift: ShiftSettings | None) -> FrameResult:

@@ -12,9 +12,9 @@ Hydra sweep; every one of them goes through :func:`starshift.night.align_night`:
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -26,8 +26,9 @@ from ..night import NightReference, align_night, decide, decide_night, prepare_n
 
 log = logging.getLogger(__name__)
 
+DIAGNOSTICS = "diagnostics.csv"
 SHIFTS_COLUMNS = [C.FILE, C.FILTER, C.EXPTIME, C.REFERENCE, C.METHOD, C.X, C.Y, C.DX, C.DY,
-                  C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.PRE_DX, C.PRE_DY, C.STATUS, C.REASON]
+                  C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.FLIP, C.PRE_DX, C.PRE_DY, C.STATUS, C.REASON]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -97,13 +98,6 @@ def _diagnostics(rows: list[dict]) -> pd.DataFrame:
     return df.reindex(columns=C.DIAGNOSTICS + extra)
 
 
-def _clear_dir(path: Path) -> None:
-    """Start a stage's own output directory afresh (DVC removes it too before running)."""
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-
-
 def _progress(it, total: int, desc: str, progress: bool):
     return tqdm(it, total=total, desc=desc, disable=not progress)
 
@@ -134,24 +128,45 @@ def align(input_dir: str | Path, output_dir: str | Path, cfg, progress: bool = F
                              "(inputs are never modified)")
     s = night_settings(cfg)
     found = discover(input_dir, s)
+    if not write_frames:  # a sweep job: only the table, into the job's own folder
+        rows = _align_rows(input_dir, found, s, None, progress)
+        diag = _diagnostics(rows)
+        fio.write_table(diag, output_dir / DIAGNOSTICS)
+        return diag
+    with fio.output_folder(output_dir, marker=DIAGNOSTICS) as out:
+        rows = _align_rows(input_dir, found, s, out, progress)
+        diag = _diagnostics(rows)
+        fio.write_table(diag, out.staging / DIAGNOSTICS)
+    return diag
+
+
+def _frame_bytes(shape: tuple[int, ...]) -> int:
+    """Size on disk of one float32 output frame (header blocks included)."""
+    return int(np.prod(shape)) * 4 + 4 * 2880
+
+
+def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
+                out: fio.OutputFolder | None, progress: bool) -> list[dict]:
+    """Measure, shift and decide every frame; kept frames go to ``out.staging``."""
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
+    if out is not None:
+        out.require_free(_frame_bytes(ref.data.shape))
     names = found.names
     results = align_night(names, _reader(input_dir), ref, s.method, pre_shift=s.pre_shift,
                           fill=s.shift.fill, shift=s.shift, cards=_provenance(s))
     rows = []
     for r in _progress(results, len(names), f"align {input_dir.name}", progress):
         # per-frame rules now; the night-level ones below
-        if write_frames and decide(r.row, s.limits, s.bad_frames)[0] == C.KEPT:
-            fio.write_frame(output_dir / r.row[C.FILE], r.data, r.header)
+        if out is not None and decide(r.row, s.limits, s.bad_frames)[0] == C.KEPT:
+            fio.write_frame(out.staging / r.row[C.FILE], r.data, r.header)
         rows.append(r.row)
     decide_night(rows, s.limits, s.bad_frames)
-    for row in rows:
-        stale = output_dir / row[C.FILE]
-        if row[C.STATUS] != C.KEPT and stale.exists():  # night rule, or an earlier run
-            stale.unlink()
-    diag = _diagnostics(rows)
-    fio.write_table(diag, output_dir / "diagnostics.csv")
-    return diag
+    if out is not None:
+        for row in rows:
+            written = out.staging / row[C.FILE]
+            if row[C.STATUS] != C.KEPT and written.exists():  # rejected by a night rule
+                written.unlink()
+    return rows
 
 
 def stage_measure(input_dir, out_table, cfg, progress=False) -> pd.DataFrame:
@@ -170,16 +185,17 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
     refs = table.loc[table[C.REFERENCE] == 1, C.FILE].tolist()
     if len(refs) != 1:
         raise StarshiftError(f"{shifts_table}: exactly one row must be marked as the reference")
-    ref = load_reference(input_dir, refs[0], s)
-    _clear_dir(out_dir)
-    results = align_night(names, _reader(input_dir), ref, s.method,
-                          measured=dict(zip(names, table.to_dict("records"), strict=True)),
-                          shift=s.shift, cards=_provenance(s))
-    rows = []
-    for r in _progress(results, len(names), f"shift {input_dir.name}", progress):
-        if r.data is not None:
-            fio.write_frame(out_dir / r.row[C.FILE], r.data, r.header)
-        rows.append(r.row)
+    with fio.output_folder(out_dir) as out:
+        ref = load_reference(input_dir, refs[0], s)
+        out.require_free(_frame_bytes(ref.data.shape))
+        results = align_night(names, _reader(input_dir), ref, s.method,
+                              measured=dict(zip(names, table.to_dict("records"), strict=True)),
+                              shift=s.shift, cards=_provenance(s))
+        rows = []
+        for r in _progress(results, len(names), f"shift {input_dir.name}", progress):
+            if r.data is not None:
+                fio.write_frame(out.staging / r.row[C.FILE], r.data, r.header)
+            rows.append(r.row)
     df = pd.DataFrame(rows)
     fio.write_table(df, out_table)
     return df
@@ -189,15 +205,14 @@ def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.Da
     """DVC ``reject`` stage: statuses, and the accepted set copied to its own directory."""
     s = night_settings(cfg)
     table = fio.read_table(residuals_table)
-    out_dir = Path(out_dir)
-    _clear_dir(out_dir)
     rows = table.to_dict("records")
     for row in rows:
         for col in (C.REMEASURE, C.REASON):
             row[col] = "" if pd.isna(row.get(col)) else row.get(col)
-    for row in decide_night(rows, s.limits, s.bad_frames):
-        if row[C.STATUS] == C.KEPT:
-            fio.copy_file(Path(shifted_dir) / row[C.FILE], out_dir / row[C.FILE])
+    with fio.output_folder(out_dir) as out:
+        for row in decide_night(rows, s.limits, s.bad_frames):
+            if row[C.STATUS] == C.KEPT:
+                fio.copy_file(Path(shifted_dir) / row[C.FILE], out.staging / row[C.FILE])
     diag = _diagnostics(rows)
     fio.write_table(diag, out_table)
     return diag
