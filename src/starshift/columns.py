@@ -49,10 +49,6 @@ REJECTED = "rejected"
 FAILED = "failed"
 STATUSES = (KEPT, REJECTED, FAILED)
 
-DIAGNOSTICS = [
-    FILE, FILTER, EXPTIME, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, FLIP, PRE_DX, PRE_DY,
-    APPLIED_DX, APPLIED_DY, RESIDUAL_DX, RESIDUAL_DY, BKGSUB, FWHM, ELONGATION, STATUS, REASON,
-]
 
 # per-frame quality metrics (starshift.quality): stars matched with the reference, fitted
 # geometry, photometry and sky of each frame
@@ -67,3 +63,15 @@ FIT_RMS = "fit_rms"                    # rms residual of that fit, px
 CORNER_SHIFT = "corner_shift"          # largest misalignment the pure shift leaves, px
 QUALITY = [N_MATCHED, MATCHED_FRACTION, TRANSPARENCY, SKY, SKY_NOISE, ROTATION, SCALE, FIT_RMS,
            CORNER_SHIFT]
+
+#: the shifts table (the measure step): one row per frame
+SHIFTS = [
+    FILE, FILTER, EXPTIME, REFERENCE, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, FLIP,
+    PRE_DX, PRE_DY, FWHM, ELONGATION, *QUALITY, STATUS, REASON,
+]
+#: the diagnostics table (after shifting and the night's rules)
+DIAGNOSTICS = [
+    FILE, FILTER, EXPTIME, METHOD, X, Y, DX, DY, SIGMA_DX, SIGMA_DY, N_STARS, FLIP, PRE_DX, PRE_DY,
+    APPLIED_DX, APPLIED_DY, RESIDUAL_DX, RESIDUAL_DY, BKGSUB, FWHM, ELONGATION, *QUALITY, STATUS,
+    REASON,
+]

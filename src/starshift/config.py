@@ -16,6 +16,9 @@ night's own value, which is what makes ``centroid.box_size=15,20,25`` sweep a ni
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import StarshiftError
+from .quality import QualityLimits
 from .registration import FrameParams, ReferenceParams
 
 METHODS = ("box", "auto")
+#: Largest float32 (output frames are float32)
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -56,18 +62,27 @@ class ShiftConfig:
 
 @dataclass
 class RejectConfig:
-    """Frame rejection rules.
+    """Frame rejection rules (``reject.*``): the knobs of :class:`starshift.quality.QualityLimits`
+    (documented there, defaults written once, there). ``null`` switches an absolute rule off.
 
-    ``max_residual``: limit on the re-measured "new shift" on either axis, px (the seed's check).
-    ``max_elongation``: stars' median 1 - b/a above this = trailed/doubled frame (null: off).
-    ``max_fwhm_ratio``: stars' median FWHM above this times the night's median (null: off).
-    ``max_sigma``: the estimated shift's 1-sigma uncertainty on either axis, px (null: off).
+    ``k``: a metric is an outlier beyond the night's median by ``k`` (floored) robust spreads.
+    ``max_residual``: the new shift on either axis, px (the seed's check). ``max_sigma``: the
+    shift's 1-sigma uncertainty, px. ``max_corner`` and ``corner_fwhm_fraction``: the corner
+    misalignment a pure shift leaves, px, at most the larger of the two limits (px, and that
+    fraction of the night's FWHM). ``max_elongation``: trailed or doubled stars (1 - b/a).
+    ``max_fwhm_ratio``: stars broader than this times the night's median (defocus).
+    ``min_transparency_fraction``: star flux below this fraction of the night's median
+    (clouds; an outlier of the night too).
     """
 
-    max_residual: float = 0.5
-    max_elongation: float | None = 0.5
-    max_fwhm_ratio: float | None = 1.75
-    max_sigma: float | None = 0.25
+    k: float = QualityLimits.k
+    max_residual: float | None = QualityLimits.max_residual
+    max_sigma: float | None = QualityLimits.max_sigma
+    max_corner: float | None = QualityLimits.max_corner
+    corner_fwhm_fraction: float | None = QualityLimits.corner_fwhm_fraction
+    max_elongation: float | None = QualityLimits.max_elongation
+    max_fwhm_ratio: float | None = QualityLimits.max_fwhm_ratio
+    min_transparency_fraction: float | None = QualityLimits.min_transparency_fraction
 
 
 @dataclass
@@ -85,6 +100,7 @@ class AutoConfig:
     coarse_clip: float = ReferenceParams.coarse_clip
     min_significance: float = FrameParams.min_significance
     min_similarity: float = FrameParams.min_similarity
+    detect_flip: bool = FrameParams.detect_flip
     suppress_hot_pixels: bool = ReferenceParams.suppress_hot_pixels
     remove_banding: bool = ReferenceParams.remove_banding
     n_stars: int = ReferenceParams.n_stars
@@ -111,8 +127,6 @@ def registration_params(auto: Any) -> tuple[ReferenceParams, FrameParams]:
 
     Raises :class:`StarshiftError` naming the ``auto.*`` key of a wrong value.
     """
-    import dataclasses
-
     values = dataclasses.asdict(auto) if isinstance(auto, AutoConfig) else dict(to_plain(auto))
     ref_keys = {f.name for f in dataclasses.fields(ReferenceParams)}
     try:
@@ -131,6 +145,7 @@ class FramesConfig:
     glob: str = "*.fit,*.fits,*.fts"
     pre_shift: dict[str, list[int]] = field(default_factory=dict)
     bad_frames: list[str] = field(default_factory=list)
+    keep_frames: list[str] = field(default_factory=list)
     centroid: CentroidConfig = field(default_factory=CentroidConfig)
 
 
@@ -223,17 +238,18 @@ def _one_line(exc: BaseException) -> str:
     return first
 
 
-def config_error(exc: BaseException, where: str = "config") -> StarshiftError:
-    return StarshiftError(f"{where}: {_one_line(exc)}")
+def config_error(exc: BaseException, where: str = "config", hint: str = "") -> StarshiftError:
+    """One line: where, the error's first meaningful line, and ``hint`` (what to do)."""
+    return StarshiftError(f"{where}: {_one_line(exc)}" + (f"; {hint}" if hint else ""))
 
 
 def validate_align(cfg: Any) -> DictConfig:
     """Merge anything mapping-like into the :class:`AlignConfig` schema and check values."""
     try:
         merged = OmegaConf.merge(align_schema(), cfg)
+        check_align(merged)
     except OmegaConfBaseException as exc:
         raise config_error(exc) from exc
-    check_align(merged)
     return merged
 
 
@@ -243,15 +259,27 @@ def parse_fill(fill: Any) -> str | float:
     if key in ("median", "nan", "zero"):
         return key
     try:
-        return float(key)
+        value = float(key)
     except ValueError:
-        raise StarshiftError(f"shift.fill={fill}: use median, nan, zero or a number") from None
+        value = math.nan
+    if not abs(value) <= FLOAT32_MAX:  # outputs are float32: the fill must be one
+        raise StarshiftError(f"shift.fill={fill}: use median, nan, zero or a finite number "
+                             f"(at most {FLOAT32_MAX:.4g} in size)")
+    return value
 
 
 def check_align(cfg: DictConfig) -> None:
-    """Value checks the type system cannot express; raises :class:`StarshiftError`."""
+    """Value checks the type system cannot express; raises :class:`StarshiftError`.
+
+    Every number must be finite (a NaN limit would silently switch its rule off), every
+    ``reject.*`` limit positive (or null: off), the ``auto.*`` values those the aligner accepts
+    (:func:`registration_params`), all before any frame is read.
+    """
     if cfg.method not in METHODS:
         raise StarshiftError(f"method={cfg.method}: use one of {', '.join(METHODS)}")
+    bad = _non_finite(to_plain(cfg))
+    if bad:
+        raise StarshiftError(f"{bad[0]}={bad[1]}: not a finite number; give a finite value")
     if cfg.method == "box" and cfg.centroid.box_center is None:
         raise StarshiftError("method=box needs centroid.box_center=[x,y] (and centroid.box_size)")
     if cfg.centroid.box_center is not None and len(cfg.centroid.box_center) != 2:
@@ -259,21 +287,66 @@ def check_align(cfg: DictConfig) -> None:
     if cfg.shift.order not in (0, 1, 3):
         raise StarshiftError(f"shift.order={cfg.shift.order}: use 0, 1 or 3")
     parse_fill(cfg.shift.fill)
-    if cfg.reject.max_residual <= 0:
-        raise StarshiftError("reject.max_residual must be positive")
-    if cfg.reject.max_elongation is not None and not 0 < cfg.reject.max_elongation < 1:
-        raise StarshiftError("reject.max_elongation: a number between 0 and 1, or null (off)")
-    if cfg.reject.max_sigma is not None and cfg.reject.max_sigma <= 0:
-        raise StarshiftError("reject.max_sigma: a positive number of px, or null (off)")
-    if cfg.reject.max_fwhm_ratio is not None and cfg.reject.max_fwhm_ratio <= 1:
-        raise StarshiftError("reject.max_fwhm_ratio: a number above 1, or null (off)")
+    for key, value in cfg.reject.items():
+        ok, what = _REJECT_RANGES.get(key, (lambda v: v > 0, "a positive number"))
+        if value is not None and not (not isinstance(value, bool) and value > 0 and ok(value)):
+            raise StarshiftError(f"reject.{key}={value}: use {what}, or null (rule off)")
+    registration_params(cfg.auto)
     for name, value in cfg.pre_shift.items():
         if len(value) != 2:
             raise StarshiftError(f"pre_shift.{name}: give two whole numbers, [dx,dy]")
 
 
+#: ``reject.*`` limits with a range narrower than "a positive number"
+_REJECT_RANGES = {
+    "max_elongation": (lambda v: v < 1, "a number between 0 and 1"),
+    "max_fwhm_ratio": (lambda v: v > 1, "a number above 1"),
+}
+
+
+def _non_finite(tree: dict, prefix: str = "") -> tuple[str, Any] | None:
+    """The first dotted key of a plain config tree holding a NaN or infinite number."""
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found = _non_finite(value, f"{name}.")
+            if found:
+                return found
+        elif any(isinstance(v, float) and not math.isfinite(v)
+                 for v in (value if isinstance(value, list) else [value])):
+            return name, value
+    return None
+
+
+def _key_error(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> str | None:
+    """What is wrong with ``cfg``'s keys against the schema: one removed (``~KEY``) or one the
+    schema does not have (``+KEY``, a misspelling); None when the keys are right."""
+    for key in schema:
+        if key not in cfg:
+            name = f"{prefix}{key}"
+            return f"{name}: cannot be removed (~{name}); set a value instead ({name}=...)"
+    for key in cfg:
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            hint = f"did you mean {prefix}{close[0]}? " if close else ""
+            return (f"{prefix}{key}: no such setting; {hint}"
+                    "'starshift align --help' lists the settings")
+    for key in schema:
+        node = schema._get_node(key)
+        if isinstance(node, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+            found = _key_error(cfg[key], node, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
+
+
 def compose_align(overrides: list[str]) -> DictConfig:
-    """Compose an :class:`AlignConfig` from Hydra overrides (``key=value`` strings)."""
+    """Compose an :class:`AlignConfig` from Hydra overrides (``key=value`` strings).
+
+    Raises :class:`StarshiftError` (one line naming the key) for a wrong key or value, also
+    for a key added with ``+KEY=...`` that the schema does not have or one removed with
+    ``~KEY``.
+    """
     from hydra import compose, initialize
     from hydra.errors import HydraException
 
@@ -281,9 +354,13 @@ def compose_align(overrides: list[str]) -> DictConfig:
     try:
         with initialize(version_base=None, config_path=None):
             cfg = compose(config_name="starshift_align", overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise config_error(exc, "override") from exc
-    check_align(cfg)
+        problem = _key_error(cfg, align_schema())
+        if problem:
+            raise StarshiftError(f"override: {problem}")
+        check_align(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:  # (the parser's too)
+        raise config_error(exc, "override", "check the KEY=VALUE ('starshift align --help' "
+                           "lists the settings)") from exc
     return cfg
 
 
@@ -375,7 +452,7 @@ class NightSettings:
 def night_settings(cfg: DictConfig) -> NightSettings:
     """Turn a validated :class:`AlignConfig` into :class:`NightSettings` (the one place)."""
     from .io import params_hash
-    from .night import AutoMethod, Box, BoxMethod, RejectLimits, ShiftSettings
+    from .night import AutoMethod, Box, BoxMethod, ShiftSettings
 
     plain = to_plain(cfg)
     auto = dict(plain["auto"])
@@ -390,9 +467,9 @@ def night_settings(cfg: DictConfig) -> NightSettings:
         glob=plain["glob"],
         pre_shift={k: (int(v[0]), int(v[1])) for k, v in plain["pre_shift"].items()},
         bad_frames=frozenset(plain["bad_frames"]),
-        keep_frames=frozenset(plain.get("keep_frames", ())),
+        keep_frames=frozenset(plain["keep_frames"]),
         shift=ShiftSettings(**{**plain["shift"], "fill": parse_fill(plain["shift"]["fill"])}),
-        limits=RejectLimits(**plain["reject"]),
+        limits=QualityLimits(**plain["reject"]),
         catalogue=auto,
         params_hash=params_hash(plain),
     )

@@ -21,13 +21,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pandas as pd
 
 from . import __version__
 from . import columns as C
 from ._stats import median
 from .errors import StarshiftError
 from .io import ascii_value, shifted_header
-from .quality import star_shapes
+from .quality import (
+    QualityLimits,
+    corner_misalignment,
+    night_rules,
+    similarity_fit,
+    sky_stats,
+    star_shapes,
+    transparency,
+)
 from .registration import (
     CentroidFailed,
     InvalidBox,
@@ -102,6 +111,8 @@ class Measurement:
     #: the frame matches the reference after a 180-degree turn (a meridian flip); the shift
     #: then applies to ``np.rot90(frame, 2)``
     flipped: bool = False
+    #: the reference stars matched in the frame (:class:`starshift.registration.StarMatches`)
+    matches: Any = None
 
     @property
     def ok(self) -> bool:
@@ -181,7 +192,7 @@ class AutoMethod:
         if not est.ok:
             return Measurement(label=label, reason=est.reason or "automatic alignment failed")
         return Measurement(est.dx, est.dy, est.sigma_dx, est.sigma_dy, est.n_stars, label,
-                           flipped=bool(getattr(est, "flipped", False)))
+                           flipped=bool(getattr(est, "flipped", False)), matches=est.matches)
 
     def residual(self, ref, shifted, measured, applied, shifted_median):
         return measured.dx - applied[0], measured.dy - applied[1], ""
@@ -256,17 +267,20 @@ def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method
                     C.N_STARS: method.reference_n_stars})
         if ref.position is not None:
             row[C.X], row[C.Y] = ref.position
+        row.update(reference_quality(ref))
         return row
     if data.shape != ref.data.shape:
         row.update({C.STATUS: C.FAILED, C.PRE_DX: 0, C.PRE_DY: 0,
                     C.REASON: f"shape {data.shape[::-1]} differs from the reference's "
                               f"{ref.data.shape[::-1]}"})
         return row
-    m = method.measure(ref, pre_shifted(data, pre, fill))
+    moved = pre_shifted(data, pre, fill)
+    m = method.measure(ref, moved)
     row[C.METHOD] = m.label
     if not m.ok:
         row.update({C.STATUS: C.FAILED, C.REASON: m.reason})
         return row
+    row.update(frame_quality(ref, np.rot90(moved, 2) if m.flipped else moved, m))
     row.update({C.DX: m.dx + pre[0], C.DY: m.dy + pre[1], C.SIGMA_DX: m.sigma_dx,
                 C.SIGMA_DY: m.sigma_dy, C.N_STARS: m.n_stars, C.FLIP: int(m.flipped)})
     if m.position is not None:
@@ -274,6 +288,65 @@ def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method
     elif ref.position is not None:
         row[C.X], row[C.Y] = ref.position[0] - row[C.DX], ref.position[1] - row[C.DY]
     return row
+
+
+# --------------------------------------------------------------------------- quality
+def _shapes(data: np.ndarray, positions: np.ndarray) -> tuple[float, float]:
+    """Median FWHM and elongation of the stars at ``positions`` (their own light only)."""
+    if not len(positions):
+        return np.nan, np.nan
+    fwhm, elong, _ = star_shapes(data, positions, stacked=True)
+    return fwhm, elong
+
+
+def reference_quality(ref: NightReference) -> dict:
+    """The reference's own quality metrics: the night's yardstick (transparency 1, no turn)."""
+    sky, noise = sky_stats(ref.data)
+    fwhm, elong = _shapes(ref.data, ref.stars)
+    return {C.FWHM: fwhm, C.ELONGATION: elong, C.SKY: sky, C.SKY_NOISE: noise,
+            C.N_MATCHED: len(ref.stars), C.MATCHED_FRACTION: 1.0, C.TRANSPARENCY: 1.0,
+            C.ROTATION: 0.0, C.SCALE: 1.0, C.FIT_RMS: 0.0, C.CORNER_SHIFT: 0.0}
+
+
+def frame_quality(ref: NightReference, data: np.ndarray, m: Measurement) -> dict:
+    """Per-frame quality metrics, measured on the frame as read (``data``, after any pre-shift
+    and flip), from the reference stars matched in it.
+
+    The matches come from the measurement when the method gives them, else from the
+    automatic aligner run for the purpose. Star shapes are measured at the reference stars'
+    predicted positions; the geometry is a similarity fit of the matched stars (rotation,
+    scale, and the largest misalignment the pure shift leaves at the frame's corners).
+    """
+    sky, noise = sky_stats(data)
+    stars = ref.stars
+    predicted = stars - np.array([m.dx, m.dy])
+    fwhm, elong = _shapes(data, predicted)
+    q = {C.FWHM: fwhm, C.ELONGATION: elong, C.SKY: sky, C.SKY_NOISE: noise,
+         C.N_MATCHED: 0, C.MATCHED_FRACTION: np.nan, C.TRANSPARENCY: np.nan,
+         C.ROTATION: np.nan, C.SCALE: np.nan, C.FIT_RMS: np.nan, C.CORNER_SHIFT: np.nan}
+    matches = m.matches
+    if matches is None:  # box method, or the aligner fell back because its stars disagreed
+        # match the stars whatever their scatter: the geometry fit below is what judges it
+        est = estimate_shift(ref.catalogue, data, max_star_scatter=np.inf)
+        matches = est.matches if est.ok else None
+    if matches is None or not len(matches.x):
+        return q
+    used = np.asarray(matches.used, dtype=bool)
+    ny, nx = data.shape
+    margin = 2.0 * max(float(ref.catalogue.fwhm), 1.0)
+    inside = ((predicted[:, 0] >= margin) & (predicted[:, 0] < nx - margin)
+              & (predicted[:, 1] >= margin) & (predicted[:, 1] < ny - margin))
+    expected = int(np.count_nonzero(inside))
+    n_used = int(np.count_nonzero(used))
+    q[C.N_MATCHED] = n_used
+    q[C.MATCHED_FRACTION] = min(1.0, n_used / expected) if expected else np.nan
+    q[C.TRANSPARENCY] = transparency(matches.ref_flux, matches.flux, used)[0]
+    fit = similarity_fit(np.column_stack([matches.ref_x, matches.ref_y])[used],
+                         np.column_stack([matches.x, matches.y])[used])
+    if fit.ok:
+        q.update({C.ROTATION: fit.rotation, C.SCALE: fit.scale, C.FIT_RMS: fit.rms,
+                  C.CORNER_SHIFT: corner_misalignment(data.shape, fit)})
+    return q
 
 
 def applied_shift(dx: float, dy: float, order: int) -> tuple[float, float]:
@@ -305,8 +378,6 @@ def shift_row(data: np.ndarray, header, row: Mapping, ref: NightReference, metho
             shifted_median = median(shifted, common=cval)
     measured = Measurement(float(row[C.DX]), float(row[C.DY]))
     rdx, rdy, why = method.residual(ref, shifted, measured, (adx, ady), shifted_median)
-    stars = ref.stars
-    fwhm, elong, _ = star_shapes(shifted, stars) if len(stars) else (np.nan, np.nan, 0)
     bkg = 0.0
     if settings.subtract_background and np.isfinite(shifted_median):
         bkg = shifted_median
@@ -324,7 +395,7 @@ def shift_row(data: np.ndarray, header, row: Mapping, ref: NightReference, metho
     for key, card in cards.items():
         hdr[key] = card
     update = {C.APPLIED_DX: adx, C.APPLIED_DY: ady, C.RESIDUAL_DX: rdx, C.RESIDUAL_DY: rdy,
-              C.BKGSUB: bkg, C.FWHM: fwhm, C.ELONGATION: elong, C.REMEASURE: why}
+              C.BKGSUB: bkg, C.REMEASURE: why}
     return shifted, hdr, update
 
 
@@ -409,53 +480,14 @@ def _with_shift_columns(result: FrameResult, shift: ShiftSettings | None) -> Fra
 
 
 # --------------------------------------------------------------------------- decisions
-@dataclass(frozen=True)
-class RejectLimits:
-    """Rejection rules (None switches a rule off)."""
-
-    max_residual: float = 0.5
-    max_elongation: float | None = 0.5
-    max_fwhm_ratio: float | None = 1.75
-    max_sigma: float | None = 0.25
-
-
-def decide(row: Mapping, limits: RejectLimits, bad_frames: frozenset[str] = frozenset(),
-           night_fwhm: float | None = None) -> tuple[str, str]:
-    """Status and reason of one frame after shifting (``night_fwhm``: the night's median)."""
-    from .quality import shape_rejection
-
-    if row[C.STATUS] == C.FAILED:
-        return C.FAILED, row[C.REASON]
-    if row[C.FILE] in bad_frames:
-        return C.REJECTED, "listed in bad_frames"
-    why = row.get(C.REMEASURE, "")
-    if isinstance(why, str) and why:
-        return C.REJECTED, why
-    sig = max(float(row.get(C.SIGMA_DX, np.nan)), float(row.get(C.SIGMA_DY, np.nan)))
-    if limits.max_sigma is not None and np.isfinite(sig) and sig > limits.max_sigma:
-        return C.REJECTED, f"shift uncertain (sigma {sig:.2f} px > {limits.max_sigma:g} px)"
-    lim = float(limits.max_residual)
-    rdx, rdy = float(row[C.RESIDUAL_DX]), float(row[C.RESIDUAL_DY])
-    if abs(rdx) > lim or abs(rdy) > lim:
-        return C.REJECTED, f"new shift ({rdx:+.2f}, {rdy:+.2f}) px beyond {lim:g} px"
-    shape = shape_rejection(float(row.get(C.FWHM, np.nan)), float(row.get(C.ELONGATION, np.nan)),
-                            night_fwhm, limits.max_elongation, limits.max_fwhm_ratio)
-    if shape:
-        return C.REJECTED, shape
-    return C.KEPT, ""
-
-
-def night_fwhm(rows: list[dict]) -> float | None:
-    """The night's median FWHM over frames that were shifted (None when unknown)."""
-    v = np.array([float(r.get(C.FWHM, np.nan)) for r in rows if r[C.STATUS] != C.FAILED])
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else None
-
-
-def decide_night(rows: list[dict], limits: RejectLimits,
-                 bad_frames: frozenset[str] = frozenset()) -> list[dict]:
-    """Set status and reason of every frame of a night (rules needing the whole night too)."""
-    fwhm = night_fwhm(rows)
-    for row in rows:
-        row[C.STATUS], row[C.REASON] = decide(row, limits, bad_frames, fwhm)
-    return rows
+def decide_night(rows: list[dict], limits: QualityLimits,
+                 bad_frames: frozenset[str] = frozenset(),
+                 keep_frames: frozenset[str] = frozenset()) -> pd.DataFrame:
+    """Set status and reason of every frame of a night (:func:`starshift.quality.night_rules`:
+    each metric against the night's own, plus the absolute limits); returns the thresholds
+    used (one row per metric and group), for the report."""
+    table = pd.DataFrame(rows)
+    decision = night_rules(table, limits, forced_bad=bad_frames, forced_keep=keep_frames)
+    for row, status, reason in zip(rows, decision.status, decision.reason, strict=True):
+        row[C.STATUS], row[C.REASON] = status, reason
+    return decision.thresholds

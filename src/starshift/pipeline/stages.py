@@ -22,13 +22,12 @@ from .. import columns as C
 from .. import io as fio
 from ..config import NightSettings, night_settings
 from ..errors import StarshiftError
-from ..night import NightReference, align_night, decide, decide_night, prepare_night_reference
+from ..night import NightReference, align_night, decide_night, prepare_night_reference
 
 log = logging.getLogger(__name__)
 
 DIAGNOSTICS = "diagnostics.csv"
-SHIFTS_COLUMNS = [C.FILE, C.FILTER, C.EXPTIME, C.REFERENCE, C.METHOD, C.X, C.Y, C.DX, C.DY,
-                  C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.FLIP, C.PRE_DX, C.PRE_DY, C.STATUS, C.REASON]
+THRESHOLDS = "thresholds.csv"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -44,11 +43,33 @@ def discover(input_dir: Path, s: NightSettings) -> fio.Discovery:
         if missing:
             raise StarshiftError(f"{key}: {missing[0]} is not a light frame in {input_dir}; "
                                  "check the file name")
+    clash = fio.output_collision(found.names)
+    if clash:
+        raise StarshiftError(f"{input_dir}: {clash[0]} and {clash[1]} would both be written as "
+                             f"{fio.output_name(clash[1])}; remove one or narrow the glob")
     return found
 
 
-def _reader(input_dir: Path):
-    return lambda name: fio.read_frame(input_dir / name)
+def _reader(input_dir: Path, unreadable: dict[str, str] | None = None):
+    """Reads a frame by name; a file discovery found unreadable fails with discovery's reason
+    (without being read again)."""
+    def read(name: str):
+        if unreadable and name in unreadable:
+            raise StarshiftError(unreadable[name])
+        return fio.read_frame(input_dir / name)
+    return read
+
+
+def _check_outputs_not_inputs(found: fio.Discovery, output_dir: Path) -> None:
+    """Refuse a glob that picks up files of the output folder (or of a killed run's staging)
+    as inputs: a rerun would align its own outputs."""
+    folders = [f.resolve() for f in fio.run_folders(output_dir)]
+    for name in found.names:
+        path = (found.directory / name).resolve()
+        if any(path.is_relative_to(f) for f in folders):
+            raise StarshiftError(f"{found.directory / name}: the glob matches files in the output "
+                                 f"folder {output_dir}; choose an output folder outside "
+                                 f"{found.directory} or narrow the glob")
 
 
 def choose_reference_name(found: fio.Discovery, s: NightSettings, progress: bool = False
@@ -62,9 +83,18 @@ def choose_reference_name(found: fio.Discovery, s: NightSettings, progress: bool
     if s.reference == "auto":
         from ..registration import choose_reference
 
-        lights = list(found.lights)
-        datas = [fio.read_frame(found.directory / n)[0]
-                 for n in tqdm(lights, desc="reference", disable=not progress)]
+        lights, datas = [], []
+        for n in tqdm(found.lights, desc="reference", disable=not progress):
+            try:
+                datas.append(fio.read_frame(found.directory / n)[0])
+            except StarshiftError as exc:  # its own row says so; not a candidate
+                log.warning("%s", exc)
+                continue
+            lights.append(n)
+        shapes = {d.shape for d in datas}
+        if len(shapes) != 1:
+            raise StarshiftError(f"{found.directory}: reference=auto needs readable frames of "
+                                 "one size; name the reference with reference=FILE")
         name = lights[int(choose_reference(datas, **s.catalogue))]
         log.info("reference=auto chose %s", name)
         return name
@@ -77,10 +107,24 @@ def choose_reference_name(found: fio.Discovery, s: NightSettings, progress: bool
 
 
 def load_reference(input_dir: Path, name: str, s: NightSettings) -> NightReference:
-    data, header = fio.read_frame(input_dir / name)
-    return prepare_night_reference(name, data, header, s.catalogue, s.box,
-                                   s.pre_shift.get(name, (0, 0)), s.shift.fill,
-                                   box_required=s.box is not None and s.method.name == "box")
+    """The prepared reference; one that cannot be read or has nothing to align on (no finite
+    pixel, blank, too small) is an error naming it."""
+    hint = "fix it or choose another with reference=FILE"
+    try:
+        data, header = fio.read_frame(input_dir / name)
+    except StarshiftError as exc:
+        raise StarshiftError(f"{exc}; it is the reference frame: {hint}") from exc
+    try:
+        ref = prepare_night_reference(name, data, header, s.catalogue, s.box,
+                                      s.pre_shift.get(name, (0, 0)), s.shift.fill,
+                                      box_required=s.box is not None and s.method.name == "box")
+    except ValueError as exc:  # the frame's shape or values, not a setting (checked before)
+        raise StarshiftError(f"{input_dir / name}: cannot be the reference frame ({exc}); "
+                             f"{hint}") from exc
+    if not ref.catalogue.ok:
+        raise StarshiftError(f"{input_dir / name}: cannot be the reference frame "
+                             f"({ref.catalogue.reason}); {hint}")
+    return ref
 
 
 def _provenance(s: NightSettings) -> dict:
@@ -88,7 +132,7 @@ def _provenance(s: NightSettings) -> dict:
 
 
 def _shifts_table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows).reindex(columns=SHIFTS_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=C.SHIFTS)
 
 
 def _diagnostics(rows: list[dict]) -> pd.DataFrame:
@@ -110,8 +154,8 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
     found = discover(input_dir, s)
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
     names = found.names
-    results = align_night(names, _reader(input_dir), ref, s.method, pre_shift=s.pre_shift,
-                          fill=s.shift.fill)
+    results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
+                          pre_shift=s.pre_shift, fill=s.shift.fill)
     rows = [r.row for r in _progress(results, len(names), f"measure {input_dir.name}", progress)]
     return _shifts_table(rows), ref
 
@@ -133,7 +177,9 @@ def align(input_dir: str | Path, output_dir: str | Path, cfg, progress: bool = F
         diag = _diagnostics(rows)
         fio.write_table(diag, output_dir / DIAGNOSTICS)
         return diag
+    _check_outputs_not_inputs(found, output_dir)
     with fio.output_folder(output_dir, marker=DIAGNOSTICS) as out:
+        out.require_free(_outputs_bytes(found))  # before any frame is measured
         rows = _align_rows(input_dir, found, s, out, progress)
         diag = _diagnostics(rows)
         fio.write_table(diag, out.staging / DIAGNOSTICS)
@@ -145,27 +191,38 @@ def _frame_bytes(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape)) * 4 + 4 * 2880
 
 
+def _outputs_bytes(found: fio.Discovery) -> int:
+    """Room a run's frames need: every frame the size of the first light frame (its header)."""
+    if not found.lights:
+        return 0
+    header = fio.read_header(found.directory / found.lights[0])
+    try:
+        shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return len(found.names) * _frame_bytes(shape)
+
+
 def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
                 out: fio.OutputFolder | None, progress: bool) -> list[dict]:
     """Measure, shift and decide every frame; kept frames go to ``out.staging``."""
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
-    if out is not None:
-        out.require_free(_frame_bytes(ref.data.shape))
     names = found.names
-    results = align_night(names, _reader(input_dir), ref, s.method, pre_shift=s.pre_shift,
-                          fill=s.shift.fill, shift=s.shift, cards=_provenance(s))
+    results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
+                          pre_shift=s.pre_shift, fill=s.shift.fill, shift=s.shift,
+                          cards=_provenance(s))
     rows = []
     for r in _progress(results, len(names), f"align {input_dir.name}", progress):
-        # per-frame rules now; the night-level ones below
-        if out is not None and decide(r.row, s.limits, s.bad_frames)[0] == C.KEPT:
-            fio.write_frame(out.staging / r.row[C.FILE], r.data, r.header)
+        if out is not None and r.data is not None:  # the night's rules decide below
+            fio.write_frame(out.staging / fio.output_name(r.row[C.FILE]), r.data, r.header)
         rows.append(r.row)
-    decide_night(rows, s.limits, s.bad_frames)
+    thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     if out is not None:
         for row in rows:
-            written = out.staging / row[C.FILE]
-            if row[C.STATUS] != C.KEPT and written.exists():  # rejected by a night rule
+            written = out.staging / fio.output_name(row[C.FILE])
+            if row[C.STATUS] != C.KEPT and written.exists():
                 written.unlink()
+        fio.write_table(thresholds, out.staging / THRESHOLDS, float_format="%.6g")
     return rows
 
 
@@ -194,7 +251,7 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
         rows = []
         for r in _progress(results, len(names), f"shift {input_dir.name}", progress):
             if r.data is not None:
-                fio.write_frame(out.staging / r.row[C.FILE], r.data, r.header)
+                fio.write_frame(out.staging / fio.output_name(r.row[C.FILE]), r.data, r.header)
             rows.append(r.row)
     df = pd.DataFrame(rows)
     fio.write_table(df, out_table)
@@ -202,17 +259,21 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
 
 
 def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.DataFrame:
-    """DVC ``reject`` stage: statuses, and the accepted set copied to its own directory."""
+    """DVC ``reject`` stage: statuses (the night's rules), the thresholds beside the table,
+    and the accepted set copied to its own directory."""
     s = night_settings(cfg)
     table = fio.read_table(residuals_table)
     rows = table.to_dict("records")
     for row in rows:
         for col in (C.REMEASURE, C.REASON):
             row[col] = "" if pd.isna(row.get(col)) else row.get(col)
+    thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     with fio.output_folder(out_dir) as out:
-        for row in decide_night(rows, s.limits, s.bad_frames):
+        for row in rows:
             if row[C.STATUS] == C.KEPT:
-                fio.copy_file(Path(shifted_dir) / row[C.FILE], out.staging / row[C.FILE])
+                name = fio.output_name(row[C.FILE])
+                fio.copy_file(Path(shifted_dir) / name, out.staging / name)
+    fio.write_table(thresholds, Path(out_table).with_name(THRESHOLDS), float_format="%.6g")
     diag = _diagnostics(rows)
     fio.write_table(diag, out_table)
     return diag

@@ -1,0 +1,84 @@
+"""Bad frames found and named, good frames kept: generator nights over seeds, and real nights.
+
+The generator night ``bad_frames`` holds, among good frames, one frame of each kind of defect
+(trailed, clouds, defocus, another field, doubled stars, high background, a 0.3-degree
+rotation) and a meridian flip (good: aligned exactly by a 180-degree turn). The real nights in
+``../shared/data/real`` (skipped when absent) carry truth measured outside the project.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from starshift import columns as C
+from starshift.config import compose_align
+from starshift.datasets import generate_night
+from starshift.pipeline.stages import align
+
+#: what the reason of each kind of bad frame must name
+EXPECTED = {
+    "trailed": "elongation",
+    "doubled": "elongation",
+    "clouds": "transparency",
+    "defocus": "fwhm",
+    "high_background": "sky",
+    "rotation": "corner misalignment",
+    "other_field": "no match",
+    "faint_broad": "fwhm",
+}
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+
+
+def _scored(night_dir: Path, out: Path) -> pd.DataFrame:
+    diag = align(night_dir, out, compose_align([]))
+    truth = pd.read_csv(night_dir / "truth.csv")
+    return diag.merge(truth, on=C.FILE, suffixes=("", "_true"))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_every_bad_frame_caught_with_its_reason_no_good_frame_lost(tmp_path, seed):
+    night = generate_night(tmp_path / "in", "bad_frames", seed=seed)
+    m = _scored(Path(night), tmp_path / "out")
+    for r in m.itertuples():
+        if r.bad:
+            assert r.status != C.KEPT, f"seed {seed}: {r.kind} frame {r.file} kept"
+            assert EXPECTED[r.kind] in r.reason, f"seed {seed}: {r.kind}: {r.reason}"
+        else:
+            assert r.status == C.KEPT, f"seed {seed}: good {r.kind} frame {r.file}: {r.reason}"
+            assert abs(r.dx - r.dx_true) < 0.1 and abs(r.dy - r.dy_true) < 0.1
+    flips = m[m["flip_true"] == 1]
+    assert len(flips) and (flips[C.FLIP] == 1).all()
+
+
+def test_a_meridian_flip_is_aligned_exactly(tmp_path):
+    """The flipped frame, turned by 180 deg and shifted by whole pixels, lands on the reference:
+    its written pixels are a permutation of the input's (no interpolation), minus the sky."""
+    from starshift import io
+
+    night = Path(generate_night(tmp_path / "in", "bad_frames", seed=1))
+    m = _scored(night, tmp_path / "out")
+    row = m[m["flip_true"] == 1].iloc[0]
+    raw, _ = io.read_frame(night / row[C.FILE])
+    out, header = io.read_frame(tmp_path / "out" / row[C.FILE])
+    assert header["SSFLIP"] is True
+    dx, dy = int(row[C.APPLIED_DX]), int(row[C.APPLIED_DY])
+    turned = np.rot90(raw, 2)
+    ny, nx = raw.shape
+    inner = out[max(dy, 0):ny + min(dy, 0), max(dx, 0):nx + min(dx, 0)]
+    source = turned[max(-dy, 0):ny + min(-dy, 0), max(-dx, 0):nx + min(-dx, 0)]
+    np.testing.assert_array_equal(inner, (source - row[C.BKGSUB]).astype(np.float32))
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real not present")
+@pytest.mark.parametrize("night", sorted(p.name for p in REAL.glob("*") if (p / "truth.csv")
+                                         .exists()) if REAL.is_dir() else [])
+def test_real_nights_good_kept_and_aligned_bad_caught(tmp_path, night):
+    m = _scored(REAL / night, tmp_path / "out")
+    good, bad = m[m["bad"] == 0], m[m["bad"] == 1]
+    assert (good[C.STATUS] == C.KEPT).all(), good.loc[good[C.STATUS] != C.KEPT, C.REASON]
+    assert (bad[C.STATUS] != C.KEPT).all(), bad.loc[bad[C.STATUS] == C.KEPT, C.FILE]
+    err = np.hypot(good[C.DX] - good["dx_true"], good[C.DY] - good["dy_true"])
+    assert (err <= 0.5).all()
