@@ -84,12 +84,14 @@ class NightReference:
     name: str
     data: np.ndarray
     header: Any
-    catalogue: PreparedReference
+    catalogue: PreparedReference | None
     position: tuple[float, float] | None = None
 
     @property
     def stars(self) -> np.ndarray:
         """Positions (x, y) of the reference's isolated stars, shape (N, 2)."""
+        if self.catalogue is None:
+            return np.empty((0, 2))
         return np.asarray(self.catalogue.star_positions, dtype=float).reshape(-1, 2)
 
 
@@ -214,7 +216,7 @@ def pre_shifted(data: np.ndarray, pre: tuple[int, int], fill: str | float) -> np
 
 
 def prepare_night_reference(name: str, data: np.ndarray, header,
-                            catalogue_params: Mapping[str, Any], box: Box | None = None,
+                            catalogue_params: Mapping[str, Any] | None, box: Box | None = None,
                             pre: tuple[int, int] = (0, 0),
                             fill: str | float = "median", box_required: bool = False
                             ) -> NightReference:
@@ -235,7 +237,7 @@ def prepare_night_reference(name: str, data: np.ndarray, header,
         except InvalidBox as exc:  # a setting, not this frame: say which keys to fix
             raise StarshiftError(
                 f"centroid.box_center/box_size: {exc}; fix the search box") from exc
-    catalogue = prepare_reference(data, **catalogue_params)
+    catalogue = None if catalogue_params is None else prepare_reference(data, **catalogue_params)
     return NightReference(name, data, header, catalogue, position)
 
 

@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from .. import columns as C
 from .. import io as fio
-from ..config import NightSettings, night_settings
 from ..errors import StarshiftError
 from ..night import NightReference, align_night, decide_night, prepare_night_reference
+from ..settings import NightSettings, night_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,8 @@ def choose_reference_name(found: fio.Discovery, s: NightSettings, progress: bool
     return name
 
 
-def load_reference(input_dir: Path, name: str, s: NightSettings) -> NightReference:
+def load_reference(input_dir: Path, name: str, s: NightSettings,
+                   pre: tuple[int, int] | None = None) -> NightReference:
     """The prepared reference; one that cannot be read or has nothing to align on (no finite
     pixel, blank, too small) is an error naming it."""
     hint = "fix it or choose another with reference=FILE"
@@ -116,12 +117,13 @@ def load_reference(input_dir: Path, name: str, s: NightSettings) -> NightReferen
         raise StarshiftError(f"{exc}; it is the reference frame: {hint}") from exc
     try:
         ref = prepare_night_reference(name, data, header, s.catalogue, s.box,
-                                      s.pre_shift.get(name, (0, 0)), s.shift.fill,
+                                      s.pre_shift.get(name, (0, 0)) if pre is None else pre,
+                                      s.fill,
                                       box_required=s.box is not None and s.method.name == "box")
     except ValueError as exc:  # the frame's shape or values, not a setting (checked before)
         raise StarshiftError(f"{input_dir / name}: cannot be the reference frame ({exc}); "
                              f"{hint}") from exc
-    if not ref.catalogue.ok:
+    if ref.catalogue is not None and not ref.catalogue.ok:
         raise StarshiftError(f"{input_dir / name}: cannot be the reference frame "
                              f"({ref.catalogue.reason}); {hint}")
     return ref
@@ -150,12 +152,12 @@ def _progress(it, total: int, desc: str, progress: bool):
 def measure(input_dir: str | Path, cfg, progress: bool = False
             ) -> tuple[pd.DataFrame, NightReference]:
     """The shifts table of a night: one row per light frame, in name order."""
-    input_dir, s = Path(input_dir), night_settings(cfg)
+    input_dir, s = Path(input_dir), night_settings(cfg, ["measure"])
     found = discover(input_dir, s)
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
     names = found.names
     results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
-                          pre_shift=s.pre_shift, fill=s.shift.fill)
+                          pre_shift=s.pre_shift, fill=s.fill)
     rows = [r.row for r in _progress(results, len(names), f"measure {input_dir.name}", progress)]
     return _shifts_table(rows), ref
 
@@ -209,7 +211,7 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
     names = found.names
     results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
-                          pre_shift=s.pre_shift, fill=s.shift.fill, shift=s.shift,
+                          pre_shift=s.pre_shift, fill=s.fill, shift=s.shift,
                           cards=_provenance(s))
     rows = []
     for r in _progress(results, len(names), f"align {input_dir.name}", progress):
@@ -236,14 +238,17 @@ def stage_measure(input_dir, out_table, cfg, progress=False) -> pd.DataFrame:
 def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
                 ) -> pd.DataFrame:
     """DVC ``shift`` stage: every measured frame shifted, plus residuals (no decisions)."""
-    input_dir, out_dir, s = Path(input_dir), Path(out_dir), night_settings(cfg)
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    s = night_settings(cfg, ["shift"])
     table = fio.read_table(shifts_table)
     names = table[C.FILE].tolist()
     refs = table.loc[table[C.REFERENCE] == 1, C.FILE].tolist()
     if len(refs) != 1:
         raise StarshiftError(f"{shifts_table}: exactly one row must be marked as the reference")
+    ref_row = table[table[C.FILE] == refs[0]].iloc[0]
     with fio.output_folder(out_dir) as out:
-        ref = load_reference(input_dir, refs[0], s)
+        ref = load_reference(input_dir, refs[0], s, (int(ref_row[C.PRE_DX]),
+                                                     int(ref_row[C.PRE_DY])))
         out.require_free(_frame_bytes(ref.data.shape))
         results = align_night(names, _reader(input_dir), ref, s.method,
                               measured=dict(zip(names, table.to_dict("records"), strict=True)),
@@ -261,7 +266,7 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
 def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.DataFrame:
     """DVC ``reject`` stage: statuses (the night's rules), the thresholds beside the table,
     and the accepted set copied to its own directory."""
-    s = night_settings(cfg)
+    s = night_settings(cfg, ["reject"])
     table = fio.read_table(residuals_table)
     rows = table.to_dict("records")
     for row in rows:

@@ -337,7 +337,8 @@ def _shift_rules(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
     corner_limit, corner_why = _corner_limit(metrics, night, lim)
     for label, v, limit, text in (
             ("residual", res, lim.max_residual,
-             lambda i: f"residual ({rdx[i]:+.2f}, {rdy[i]:+.2f}) px > {lim.max_residual:g} px"),
+             lambda i: (f"new shift ({rdx[i]:+.2f}, {rdy[i]:+.2f}) px beyond "
+                        f"{lim.max_residual:g} px")),
             ("sigma", sig, lim.max_sigma,
              lambda i: f"shift sigma {sig[i]:.2f} px > {lim.max_sigma:g} px"),
             ("corner shift", corner, corner_limit,
