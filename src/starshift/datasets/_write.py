@@ -9,7 +9,8 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from ..io import write_frame, write_table
+from ..io import write_frame, write_table, write_text
+from .extra import truth_readme
 from .nights import bias_file_name, night_plan, render_bias, render_frame, truth_table
 from .plans import ALL_NIGHTS, DEFAULT_SEED, check_night
 
@@ -50,7 +51,8 @@ def fits_header(cards: dict) -> fits.Header:
 
 def generate_night(out_dir: str | os.PathLike, night: str, seed: int = DEFAULT_SEED,
                    progress: bool = False) -> Path:
-    """Write one night under ``out_dir/<night>/``: its light frames, bias frames, truth.csv.
+    """Write one night under ``out_dir/<night>/``: its light frames, bias frames, truth.csv
+    (and, for the test nights, a README.md saying what the truth means).
 
     Parameters
     ----------
@@ -83,6 +85,9 @@ def generate_night(out_dir: str | os.PathLike, night: str, seed: int = DEFAULT_S
         data, header = render_bias(night, j, seed)
         write_frame(night_dir / bias_file_name(j), data, fits_header(header))
     write_table(truth_table(night, seed), night_dir / "truth.csv")
+    readme = truth_readme(night)
+    if readme is not None:  # the test nights say what their truth means
+        write_text(night_dir / "README.md", readme)
     log.info("%s: %d light frames, %d bias frames, truth.csv", night_dir, len(plan.frames),
              N_BIAS)
     return night_dir

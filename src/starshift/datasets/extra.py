@@ -16,8 +16,9 @@ is exact: the generator renders the stars where the plan says.
     * ``clouds``: every star's flux times a transparency drawn in 0.1-0.3 of the reference's
       (which is 1), the sky 1.1-1.4 times brighter;
     * ``defocus``: FWHM 1.3 times the median of the night's other frames;
-    * ``other_field``: a part of the sky 450-520 px away in x (no overlap with the reference;
-      its dx, dy are that sky offset, for information);
+    * ``other_field``: the part of the sky just above the reference's, 15-40 px beyond its
+      edge (no overlap; the cluster's outskirts and field stars; its dx, dy are that sky
+      offset, for information);
     * ``doubled``: each star twice, the second image 4-6 px away with 0.4-0.7 times the flux of
       the first (a tracking jump mid-exposure; dx, dy place the first image);
     * ``high_background``: the sky above the reduction's pedestal 5-10 times the night's (moon,
@@ -36,9 +37,9 @@ is exact: the generator renders the stars where the plan says.
 
 ``faint_broad``
     12 frames of 1392 x 1040 px (a Sony ICX285 camera, 16-bit: whole ADU from 0 to 65535 on a
-    500 ADU offset), 5 s, FWHM 8-10 px, a sparse faint field whose brightest stars peak 5-10
-    times the sky noise above the sky (at FWHM 9 px), strong row banding, hot pixels, drifts of
-    up to ~10 px with sub-pixel truth. All frames are good.
+    500 ADU offset), 5 s, FWHM 8-10 px, a faint field whose ~80 brightest stars peak 5-10
+    times the sky noise above the sky at FWHM 9 px (and ~620 fainter ones), strong row
+    banding, hot pixels, drifts of up to ~10 px with sub-pixel truth. All frames are good.
 
 On both nights the detector's pattern, hot pixels and offset stay fixed to the detector: they do
 not rotate with the field.
@@ -87,18 +88,23 @@ GOOD_KINDS = ("reference", "science", "meridian_flip")
 _BAD_N, _BAD_FILTER, _BAD_EXPTIME = 20, "V", 30.0
 #: where the cluster centre lands in the bad_frames reference (x, y): off to one side, so the
 #: frame holds the cluster's outskirts and field stars
-_BAD_CLUSTER_AT = (330.0, 205.0)
+_BAD_CLUSTER_AT = (250.0, 180.0)
 _ROTATION_DEG = 0.3
 _DEFOCUS = 1.3
 
 # --------------------------------------------------------------------------- faint_broad
 _FAINT_N, _FAINT_FILTER, _FAINT_EXPTIME = 12, "L", 5.0
 #: sky (ADU/s) of the faint_broad night, and the FWHM (px) at which its stars' S/N is quoted
+#: (the middle of the night's 8-10 px; at FWHM w a star's peak S/N is (9 / w)**2 times that)
 _FAINT_SKY_RATE = 60.0
 _FAINT_FWHM = 9.0
-#: the faint field: stars between these peak S/N (at _FAINT_FWHM, the night's sky noise),
-#: N(>S/N) proportional to (S/N)**-1; about 45 of them above 5
-_FAINT_STARS, _FAINT_SNR = 450, (1.0, 10.0)
+#: the faint field: stars between these peak S/N (at _FAINT_FWHM, on the night's sky noise),
+#: N(>S/N) proportional to (S/N)**-1
+_FAINT_STARS, _FAINT_SNR = 700, (1.0, 10.0)
+#: frame-to-frame transparency and sky level of the faint_broad night
+_FAINT_TRANSPARENCY, _FAINT_SKY_SPREAD = (0.95, 1.0), (0.95, 1.05)
+#: the faint_broad night's bright stars (about 80) peak at S/N 5-10 at FWHM 9 px
+FAINT_BRIGHT_SNR = (5.0, 10.0)
 #: sky margin (px) around the frame for the drift
 _FAINT_MARGIN = 30.0
 
@@ -164,7 +170,7 @@ def _bad_frames_plan(seed: int, index: int) -> NightPlan:
     # the defects, each drawn whether or not it is used, in a fixed order
     trail = trail_images(rng.uniform(8.0, 12.0), rng.uniform(0.0, 2 * math.pi))
     cloud, cloud_sky = rng.uniform(0.1, 0.3), rng.uniform(1.1, 1.4)
-    other = (rng.uniform(450.0, 520.0), rng.uniform(-30.0, 30.0))
+    other = (rng.uniform(30.0, 70.0), ny + rng.uniform(15.0, 40.0))  # beside, above
     sep, angle, ratio = rng.uniform(4.0, 6.0), rng.uniform(0.0, 2 * math.pi), rng.uniform(0.4, 0.7)
     doubled = ((0.0, 0.0, 1.0 / (1.0 + ratio)),
                (sep * math.cos(angle), sep * math.sin(angle), ratio / (1.0 + ratio)))
@@ -176,26 +182,21 @@ def _bad_frames_plan(seed: int, index: int) -> NightPlan:
     defocus = _DEFOCUS * float(np.median(np.delete(fwhm, defocus_at)))
 
     rate = SKY_RATE[_BAD_FILTER] * _BAD_EXPTIME
+    # what each defect changes in its frame (sky_factor: the sky above the pedestal)
+    changes = {
+        "trailed": {"images": trail},
+        "clouds": {"transparency": float(cloud), "sky_factor": float(cloud_sky)},
+        "defocus": {"fwhm": defocus},
+        "other_field": {"dx": float(np.round(other[0], 4)), "dy": float(np.round(other[1], 4))},
+        "doubled": {"images": doubled},
+        "high_background": {"sky_factor": float(high_sky)},
+        "rotation": {"rotation": float(rotation), "pivot": pivot},
+        "meridian_flip": {"flip": True},
+    }
     frames = []
     for i in range(n):
         kind = BAD_FRAME_KINDS.get(i, "reference" if i == 0 else "science")
-        change: dict = {}
-        if kind == "trailed":
-            change = {"images": trail}
-        elif kind == "clouds":
-            change = {"transparency": float(cloud), "sky_factor": float(cloud_sky)}
-        elif kind == "defocus":
-            change = {"fwhm": defocus}
-        elif kind == "other_field":
-            change = {"dx": float(np.round(other[0], 4)), "dy": float(np.round(other[1], 4))}
-        elif kind == "doubled":
-            change = {"images": doubled}
-        elif kind == "high_background":
-            change = {"sky_factor": float(high_sky)}
-        elif kind == "rotation":
-            change = {"rotation": float(rotation), "pivot": pivot}
-        elif kind == "meridian_flip":
-            change = {"flip": True}
+        change = dict(changes.get(kind, {}))
         sky = SKY_PEDESTAL + rate * change.pop("sky_factor", float(sky_factor[i]))
         conditions = {"dx": float(off[i, 0]), "dy": float(off[i, 1]), "fwhm": float(fwhm[i]),
                       "ellipticity": float(ell[i]), "transparency": float(transparency[i]),
@@ -225,9 +226,9 @@ def _faint_broad_plan(seed: int, index: int) -> NightPlan:
     off = _drift(rng, n, (6.0, 9.5), 0.4)
     fwhm = rng.uniform(8.0, 10.0, n)
     ell = rng.uniform(-0.06, 0.06, n)
-    transparency = rng.uniform(0.95, 1.0, n)
+    transparency = rng.uniform(*_FAINT_TRANSPARENCY, n)
     transparency[0] = 1.0
-    sky = _FAINT_SKY_RATE * _FAINT_EXPTIME * rng.uniform(0.95, 1.05, n)
+    sky = _FAINT_SKY_RATE * _FAINT_EXPTIME * rng.uniform(*_FAINT_SKY_SPREAD, n)
     frames = tuple(ExposurePlan(
         file=_file_name("faint", _FAINT_FILTER, _FAINT_EXPTIME, i + 1), filter=_FAINT_FILTER,
         exptime=_FAINT_EXPTIME, number=i + 1, dx=float(off[i, 0]), dy=float(off[i, 1]),
@@ -255,6 +256,9 @@ def faint_catalogue(seed: int = DEFAULT_SEED) -> Catalogue:
     """The faint_broad field: stars whose peak S/N, at FWHM 9 px on the night's sky noise, runs
     from 1 to 10 (N(>S/N) proportional to 1/(S/N)), over the frame and a margin for the drift.
 
+    About 80 stars (:data:`FAINT_BRIGHT_SNR`) peak at S/N 5-10 at FWHM 9 px, 0.81-1.27 times
+    that at FWHM 10-8 px; the rest are fainter.
+
     Fluxes are in the night's one filter, ``L`` (ADU/s).
     """
     rng = rng_for(seed, KEY_SKY, 2)
@@ -269,7 +273,8 @@ def faint_catalogue(seed: int = DEFAULT_SEED) -> Catalogue:
 
 
 def faint_snr(seed: int = DEFAULT_SEED) -> np.ndarray:
-    """The design peak S/N of each :func:`faint_catalogue` star (at FWHM 9 px)."""
+    """The design peak S/N of each :func:`faint_catalogue` star (at FWHM 9 px, transparency
+    1, the night's design sky noise); at FWHM ``w`` it is ``(9 / w) ** 2`` times that."""
     sigma = _FAINT_FWHM / FWHM_PER_SIGMA
     cat = faint_catalogue(seed)
     return cat.flux[_FAINT_FILTER] * _FAINT_EXPTIME / (2 * np.pi * sigma**2) / _faint_noise()
@@ -305,3 +310,41 @@ def render_exposure(plan: NightPlan, frame: ExposurePlan, cat: Catalogue, det: D
     flux = cat.flux[frame.filter] * frame.exptime * frame.transparency
     stars = render_field(plan.shape, x, y, flux, cat.size, sx, sy, frame.images)
     return read_out(rng, frame.sky + stars, det, plan.camera, frame.exptime)
+
+
+#: README.md written beside each test night's truth.csv
+_TRUTH_README = {
+    "bad_frames": """# bad_frames (synthetic, starshift.datasets)
+
+20 light frames of 400 x 300 px (ST-7 sub-frame), NGC 3201 field, V, 30 s, and two bias frames.
+
+`truth.csv`: `file, dx, dy, bad, kind, flip`. `dx, dy` is the true shift onto the first
+frame (the reference): `position_in_reference - position_in_frame`, x first, pixels.
+`bad=1` marks a frame that must not be kept; `kind` says why: `trailed` (8-12 px trails),
+`clouds` (star flux 0.1-0.3 of the reference), `defocus` (FWHM 1.3 x the night's median),
+`other_field` (no overlap with the reference; dx, dy is the sky offset), `doubled` (second
+image 4-6 px away at 0.4-0.7 of the first's flux; dx, dy place the first), `high_background`
+(sky 5-10 x the night's), `rotation` (0.3 deg about a point near the centre; dx, dy is the
+shift at that point, corners about 1.3 px off a pure shift).
+
+`flip=1` (kind `meridian_flip`, bad=0): the frame is rotated by exactly 180 deg. Its `dx, dy`
+align it after `np.rot90(frame, 2)`: a star at `p` in the reference is at `p - (dx, dy)` in
+the rotated frame (`reference - rotated_frame`, x first). Hot pixels and banding stay fixed
+to the detector.
+""",
+    "faint_broad": """# faint_broad (synthetic, starshift.datasets)
+
+12 light frames of 1392 x 1040 px (Sony ICX285, whole ADU 0-65535 on a 500 ADU offset), 5 s,
+FWHM 8-10 px; the brightest stars peak at S/N 5-10 over the sky noise (at FWHM 9 px); strong
+row banding and hot pixels fixed to the detector; two bias frames.
+
+`truth.csv`: `file, dx, dy, bad, kind`. `dx, dy` is the true shift onto the first frame
+(`position_in_reference - position_in_frame`, x first, pixels), sub-pixel, up to ~10 px.
+Every frame is good (`bad=0`).
+""",
+}
+
+
+def truth_readme(night: str) -> str | None:
+    """The README.md text written beside a test night's truth.csv (None for other nights)."""
+    return _TRUTH_README.get(night)
