@@ -51,3 +51,31 @@ def small_night(tmp_path):
         write_fits(d / name, data, picttype=1, imagetyp="Light Frame", filter="V", exptime=30.0)
     write_fits(d / "bias.fit", np.full((120, 160), 100.0), picttype=2, imagetyp="Bias Frame")
     return d
+
+
+@pytest.fixture
+def project(tmp_path, small_night, monkeypatch):
+    """A copy of the project's conf/ with one more night, ``tiny`` (the small night, with the
+    seed's box method), composed into params.yaml; the working directory is the project."""
+    import shutil
+    from pathlib import Path
+
+    from starshift.pipeline.compose import add_night, compose
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "conf", tmp_path / "conf")
+    monkeypatch.chdir(tmp_path)
+    add_night("tiny", str(small_night), "conf", method="box", box_center=[80, 60], box_size=21)
+    compose("params.yaml", "conf", ["report.n_stars=2", "report.gif_size=32"])
+    return tmp_path
+
+
+def stage_paths(project, frames) -> dict:
+    """Where the pipeline's stages put the night ``tiny``'s outputs in ``project``."""
+    w = project / "data" / "tiny"
+    return {"frames": frames, "shifts": w / "shifts.csv", "shifted": w / "shifted",
+            "residuals": w / "residuals.csv", "diagnostics": w / "diagnostics.csv",
+            "thresholds": w / "thresholds.csv", "compare": w / "box_vs_auto.csv",
+            "report": project / "reports" / "tiny", "plots": project / "reports" / "plots" / "tiny",
+            "metrics": project / "metrics" / "tiny.json", "stack": w / "stack",
+            "index": project / "reports" / "index.md"}

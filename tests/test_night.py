@@ -58,8 +58,8 @@ def test_each_dvc_stage_reads_each_frame_once(small_night, tmp_path, counted):
     # shifting needs the measured table and the box star, not the aligner's catalogue
     assert reads == Counter({name: 1 for name in NIGHT_SHIFTS}) and prepared["reference"] == 0
     reads.clear()
-    diag = stage_reject(tmp_path / "shifted", tmp_path / "residuals.csv", tmp_path / "accepted",
-                        tmp_path / "diagnostics.csv", cfg)
+    diag = stage_reject(tmp_path / "residuals.csv", tmp_path / "diagnostics.csv",
+                        tmp_path / "thresholds.csv", cfg)
     assert not reads  # decisions come from the tables alone
     assert (diag[C.STATUS] == C.KEPT).all()
 

@@ -4,40 +4,41 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import NIGHT_SHIFTS
-from omegaconf import OmegaConf
+from conftest import NIGHT_SHIFTS, stage_paths
 
 from starshift import columns as C
-from starshift.config import ReportConfig, compose_align
-from starshift.pipeline.compose import NightPaths
-from starshift.pipeline.stages import stage_measure, stage_reject, stage_shift
-from starshift.report.build import night_report, summary
+from starshift.cli import STAGES
+from starshift.pipeline.compose import run_stage
 
-BOX = ["method=box", "centroid.box_center=[80,60]", "centroid.box_size=21"]
+
+def _run(stage, paths):
+    run_stage(stage, None if stage == "summary" else "tiny", "params.yaml",
+              {k: paths[k] for k in STAGES[stage]}, progress=False)
 
 
 @pytest.fixture
-def reported(small_night, tmp_path):
-    cfg = compose_align(BOX)
-    paths = NightPaths("tiny", root=tmp_path / "data", reports=tmp_path / "reports")
-    stage_measure(small_night, paths.shifts, cfg)
-    stage_shift(small_night, paths.shifts, paths.shifted, paths.residuals, cfg)
-    stage_reject(paths.shifted, paths.residuals, paths.accepted, paths.diagnostics, cfg)
+def reported(project, small_night):
+    paths = stage_paths(project, small_night)
     pd.DataFrame({"file": list(NIGHT_SHIFTS), "dx": [v[0] for v in NIGHT_SHIFTS.values()],
                   "dy": [v[1] for v in NIGHT_SHIFTS.values()], "bad": 0,
                   "kind": "science"}).to_csv(small_night / "truth.csv", index=False)
-    rcfg = OmegaConf.structured(ReportConfig(n_stars=2, gif_size=32))
-    metrics = night_report("tiny", small_night, paths, cfg, rcfg, {})
-    return paths, metrics, cfg, rcfg, tmp_path
+    for stage in ("centroid", "shift", "reject", "compare", "report"):
+        _run(stage, paths)
+    return paths, json.loads(paths["metrics"].read_text())
 
 
 def test_night_report_files_and_contents(reported):
-    paths, metrics, *_ = reported
-    out = paths.report
-    for name in ("diagnostics.md", "diagnostics.csv", "order0_vs_order1.gif", "residuals.png",
-                 "residuals.csv", "photometry.csv", "photometry_summary.csv", "metrics.json",
+    paths, metrics = reported
+    out, pics = paths["report"], paths["plots"]
+    for name in ("diagnostics.md", "diagnostics.csv", "rejected.csv", "thresholds.csv",
+                 "residuals.csv", "photometry.csv", "photometry_summary.csv",
                  "box_vs_auto.csv", "box_vs_auto.md"):
         assert (out / name).is_file(), name
+    for name in ("order0_vs_order1.gif", "residuals.png", "blink.gif", "quality.png",
+                 "stack.png"):
+        assert (pics / name).is_file(), name
+    assert {p.suffix for p in pics.iterdir()} <= {".png", ".gif"}  # images only, for dvc plots
+    assert sorted(p.name for p in paths["stack"].iterdir()) == ["stack_V.fits"]
     diag = pd.read_csv(out / "diagnostics.csv")
     assert list(diag[C.FILE]) == list(NIGHT_SHIFTS)
     assert {C.TRUE_DX, C.TRUE_DY} <= set(diag.columns)
@@ -50,27 +51,34 @@ def test_night_report_files_and_contents(reported):
     assert (phot["rel_change_order1"].dropna().abs() > 0).any()
     assert metrics["max_abs_flux_change_order0"] == 0.0
     assert metrics["good_within_0.5px"] == 4 and metrics["kept"] == 4
-    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["box_vs_auto_flagged"] == 0
+    assert metrics["stack_fwhm_V"] == pytest.approx(metrics["frame_fwhm_V"], rel=0.15)
     import imageio.v3 as iio
 
-    assert iio.imread(out / "order0_vs_order1.gif", index=None).shape[0] == 4
+    assert iio.imread(pics / "order0_vs_order1.gif", index=None).shape[0] == 4
 
 
 def test_report_rerun_is_byte_identical(reported):
-    paths, _, cfg, rcfg, _ = reported
-    before = {p.name: p.read_bytes() for p in paths.report.iterdir()}
-    night_report("tiny", paths.shifted.parent.parent.parent / "night", paths, cfg, rcfg, {})
-    assert {p.name: p.read_bytes() for p in paths.report.iterdir()} == before
+    paths, _ = reported
+    before = {p: p.read_bytes() for d in ("report", "plots", "stack")
+              for p in paths[d].iterdir()}
+    before[paths["metrics"]] = paths["metrics"].read_bytes()
+    _run("report", paths)
+    after = {p: p.read_bytes() for d in ("report", "plots", "stack") for p in paths[d].iterdir()}
+    after[paths["metrics"]] = paths["metrics"].read_bytes()
+    assert after == before
 
 
-def test_summary_writes_index_and_metrics(reported, monkeypatch):
-    paths, metrics, _, rcfg, tmp_path = reported
-    cfg = OmegaConf.create({"report": OmegaConf.to_container(rcfg),
-                            "nights": {"tiny": {"method": "box"}}})
-    cfg.report.out = str(tmp_path / "reports")
-    all_metrics = summary(cfg)
-    assert all_metrics == {"tiny": metrics}
-    index = (tmp_path / "reports" / "index.md").read_text()
-    assert "## tiny" in index and "tiny/order0_vs_order1.gif" in index
+def test_summary_writes_index(reported, project):
+    import yaml
+
+    paths, metrics = reported
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["nights"] = {"tiny": params["nights"]["tiny"]}  # the other nights did not run
+    (project / "tiny.yaml").write_text(yaml.safe_dump(params))
+    run_stage("summary", None, "tiny.yaml", {"metrics": paths["metrics"].parent,
+                                             "index": paths["index"]}, progress=False)
+    index = paths["index"].read_text()
+    assert "## tiny" in index and "plots/tiny/order0_vs_order1.gif" in index
+    assert "tiny/rejected.csv" in index and "plots/tiny/blink.gif" in index
     assert "Composed configuration" in index and "params" in index.lower()
-    assert json.loads((tmp_path / "reports" / "metrics.json").read_text()) == {"tiny": metrics}

@@ -71,10 +71,57 @@ def _cmd_compose(args) -> int:
     return 0
 
 
+#: the pipeline's stages and the paths each one takes (dvc.yaml passes them)
+STAGES = {
+    "centroid": ("frames", "shifts"),
+    "shift": ("frames", "shifts", "shifted", "residuals"),
+    "reject": ("residuals", "diagnostics", "thresholds"),
+    "compare": ("frames", "shifts", "compare"),
+    "report": ("frames", "diagnostics", "thresholds", "compare", "shifted", "report", "plots",
+               "metrics", "stack"),
+    "summary": ("metrics", "index"),
+}
+STAGE_PATHS = {
+    "frames": "the night's input frames (read only)",
+    "shifts": "shifts table (centroid's output)",
+    "shifted": "folder of shifted frames (shift's output)",
+    "residuals": "residuals table (shift's output)",
+    "diagnostics": "diagnostics table (reject's output)",
+    "thresholds": "the night's rejection thresholds (reject's output)",
+    "compare": "box-vs-automatic table (compare's output)",
+    "report": "the night's report folder",
+    "plots": "the night's report images folder",
+    "metrics": "the night's metrics.json (for summary: the folder of every night's)",
+    "stack": "folder of the stacked frames per filter (FITS)",
+    "index": "the report index (markdown)",
+}
+
+
 def _cmd_stage(args) -> int:
     from .pipeline.compose import run_stage
 
-    run_stage(args.stage, args.night, args.params, progress=not args.quiet)
+    missing = [f"--{k}" for k in STAGES[args.stage] if getattr(args, k) is None]
+    if missing:
+        raise StarshiftError(f"stage {args.stage}: give {', '.join(missing)} (dvc.yaml does)")
+    paths = {k: getattr(args, k) for k in STAGES[args.stage]}
+    run_stage(args.stage, args.night, args.params, paths, progress=not args.quiet)
+    return 0
+
+
+def _cmd_night_add(args) -> int:
+    from .pipeline.compose import add_night
+
+    box = None
+    if args.box is not None:
+        try:
+            box = [float(v) for v in args.box.split(",")]
+        except ValueError:
+            box = []
+        if len(box) != 2:
+            raise StarshiftError(f"--box {args.box}: give the centre as X,Y (pixels)")
+    path = add_night(args.name, args.input_dir, args.conf, args.method, box, args.box_size)
+    print(f"wrote {path} and its line in {args.conf}/config.yaml; now run "
+          "'starshift compose && dvc repro'")
     return 0
 
 
@@ -124,11 +171,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stage", help="run one DVC pipeline stage (used by dvc.yaml)",
                         description="Run one stage of the DVC pipeline for one night, reading "
-                                    "params.yaml: centroid -> shift -> reject -> report; summary.")
-    st.add_argument("stage", choices=["centroid", "shift", "reject", "report", "summary"])
+                                    "params.yaml: centroid -> shift -> reject -> compare -> "
+                                    "report; summary. Every path comes from the command line "
+                                    "(dvc.yaml gives them).")
+    st.add_argument("stage", choices=list(STAGES))
     st.add_argument("night", nargs="?", help="night name (a key of nights: in params.yaml)")
     st.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
+    for name, what in STAGE_PATHS.items():
+        st.add_argument(f"--{name}", type=Path, help=what)
     st.set_defaults(func=_cmd_stage)
+
+    n = sub.add_parser("night", help="add a night to the pipeline (one file, one line)",
+                       description="Add a night: writes conf/night/NAME.yaml with only what "
+                                   "differs from the defaults and lists it in "
+                                   "conf/config.yaml. dvc.yaml needs no edit.")
+    nsub = n.add_subparsers(dest="action", metavar="ACTION", required=True)
+    na = nsub.add_parser("add", help="add a night", description="Add a night to conf/.")
+    na.add_argument("name", help="night name (letters, digits, _ or -)")
+    na.add_argument("input_dir", help="folder of its frames, relative to the project root")
+    na.add_argument("--method", default="auto", choices=["auto", "box"])
+    na.add_argument("--box", help="search-box centre X,Y (px; method box)")
+    na.add_argument("--box-size", type=int, help="search-box side (px)")
+    na.add_argument("--conf", default="conf", help="config directory (default conf)")
+    na.set_defaults(func=_cmd_night_add)
 
     sw = sub.add_parser("sweep", help="Hydra (multi)run of one night, e.g. over the box size",
                         description="Run one night with Hydra, from conf/sweep.yaml. With -m, a "

@@ -151,7 +151,10 @@ class FramesConfig:
 
 @dataclass
 class AlignConfig(FramesConfig):
-    """Everything needed to align one directory of frames."""
+    """Everything needed to align one directory of frames. ``jobs``: worker processes (0: one
+    per core); the outputs are the same for any number."""
+
+    jobs: int = 0
 
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     reject: RejectConfig = field(default_factory=RejectConfig)
@@ -175,13 +178,16 @@ class SampleConfig:
 
 @dataclass
 class ReportConfig:
-    """Report settings: GIF cutout, photometry stars and apertures, interpolation orders."""
+    """Report settings: comparison GIF, blink GIF, stacks, photometry stars and apertures,
+    interpolation orders. The report builders take these values from here (they have no
+    defaults of their own for them)."""
 
-    out: str = "reports"
     gif_size: int = 64
-    gif_scale: int = 1
-    gif_levels: int = 8
-    gif_max_frames: int = 80
+    gif_scale: int = 4
+    gif_levels: int = 256
+    gif_max_frames: int = 4
+    blink_max_frames: int = 12
+    stack_method: str = "sigma_clip"
     n_stars: int = 8
     aperture_radius: float = 6.0
     annulus: list[float] = field(default_factory=lambda: [10.0, 15.0])
@@ -292,6 +298,9 @@ def check_align(cfg: DictConfig) -> None:
         if value is not None and not (not isinstance(value, bool) and value > 0 and ok(value)):
             raise StarshiftError(f"reject.{key}={value}: use {what}, or null (rule off)")
     registration_params(cfg.auto)
+    if cfg.get("jobs", 0) < 0:
+        raise StarshiftError(f"jobs={cfg.jobs}: use 0 (one worker per core) or a number of "
+                             "workers")
     for name, value in cfg.pre_shift.items():
         if len(value) != 2:
             raise StarshiftError(f"pre_shift.{name}: give two whole numbers, [dx,dy]")
@@ -348,7 +357,7 @@ def compose_align(overrides: list[str]) -> DictConfig:
     ``~KEY``.
     """
     from hydra import compose, initialize
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
 
     register_configs()
     try:
@@ -358,6 +367,9 @@ def compose_align(overrides: list[str]) -> DictConfig:
         if problem:
             raise StarshiftError(f"override: {problem}")
         check_align(cfg)
+    except OverrideParseException as exc:
+        raise config_error(exc, "override", "write KEY=VALUE, and quote a value with spaces "
+                           "or non-ASCII letters: KEY='VALUE'") from exc
     except (HydraException, OmegaConfBaseException, ValueError) as exc:  # (the parser's too)
         raise config_error(exc, "override", "check the KEY=VALUE ('starshift align --help' "
                            "lists the settings)") from exc

@@ -16,7 +16,11 @@ configuration is turned into these at the edge (:mod:`starshift.config`).
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -410,7 +414,8 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
                 fill: str | float = "median", measured: Mapping[str, Mapping] | None = None,
                 shift: ShiftSettings | None = None,
                 cards: Mapping[str, tuple[Any, str]] | None = None,
-                ) -> Iterator[FrameResult]:
+                sink: Callable[[str, np.ndarray, Any], None] | None = None,
+                jobs: int = 1) -> Iterator[FrameResult]:
     """Run a night's frames through measuring and/or shifting, one frame at a time.
 
     Parameters
@@ -419,7 +424,8 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
         The night's frames, in order. Each is read once with ``read`` (the reference's data is
         taken from ``ref`` instead of being read again).
     read : callable
-        ``read(name) -> (data, header)``.
+        ``read(name) -> (data, header)``; picklable when ``jobs > 1`` (a module-level
+        function or a :func:`functools.partial` of one).
     ref : NightReference
         The prepared reference (:func:`prepare_night_reference`).
     method : Method
@@ -432,39 +438,112 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
         Rows of an earlier measurement (a shifts table) by file name; when given, frames are
         not measured again (the DVC ``shift`` stage).
     shift : ShiftSettings, optional
-        When given, every measured frame is shifted, its new shift and star shapes measured.
+        When given, every measured frame is shifted and its new shift measured.
     cards : mapping, optional
         Extra header cards for shifted frames (provenance).
+    sink : callable, optional
+        ``sink(name, data, header)`` receives each shifted frame where it was made (in the
+        worker with ``jobs > 1``), so frames need not travel between processes; the results
+        then carry no data.
+    jobs : int
+        Worker processes (1: this process). Results come in the order of ``names`` and are
+        the same whatever the number of workers; at most ``2 x jobs`` frames are in flight, so
+        memory does not grow with the night's length.
 
     Yields
     ------
     FrameResult
-        The frame's diagnostics row and, when shifted, its data and header (``None`` for a
-        failed frame).
+        The frame's diagnostics row and, when shifted and there is no ``sink``, its data and
+        header (``None`` for a failed frame).
     """
-    pre_shift = pre_shift or {}
-    for name in names:
-        if measured is not None:
-            row = dict(measured[name])
+    task = _FrameTask(read, ref, method, pre_shift or {}, fill, measured, shift, cards or {},
+                      sink)
+    names = list(names)
+    if jobs <= 1 or len(names) < 2:
+        yield from map(task, names)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_task,
+                             initargs=(task, os.getpid())) as pool:
+        pending = []
+        for name in names:
+            pending.append(pool.submit(_run_task, name))
+            if len(pending) >= 2 * jobs:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
+
+
+_TASK = None  # the worker's task, set once per worker process
+
+
+def _set_task(task, parent: int | None = None) -> None:
+    global _TASK
+    _TASK = task
+    if parent is not None:
+        _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Have this worker killed when the run's process ``parent`` dies, by kill -9 too: an
+    orphaned worker would wait forever, and could write a frame into a later run's staging.
+    Linux (prctl PR_SET_PDEATHSIG); elsewhere a worker ends when its queue closes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that
+        os._exit(1)
+
+
+def _run_task(name: str) -> FrameResult:
+    return _TASK(name)
+
+
+@dataclass
+class _FrameTask:
+    """One frame through the loop: read, measure (unless measured), shift (if asked)."""
+
+    read: Reader
+    ref: NightReference
+    method: Method
+    pre_shift: Mapping[str, tuple[int, int]]
+    fill: str | float
+    measured: Mapping[str, Mapping] | None
+    shift: ShiftSettings | None
+    cards: Mapping[str, tuple[Any, str]]
+    sink: Callable[[str, np.ndarray, Any], None] | None
+
+    def __call__(self, name: str) -> FrameResult:
+        ref, shift = self.ref, self.shift
+        if self.measured is not None:
+            row = dict(self.measured[name])
             if shift is None or row[C.STATUS] == C.FAILED:  # nothing to read
-                yield _with_shift_columns(FrameResult(row), shift)
-                continue
+                return _with_shift_columns(FrameResult(row), shift)
         try:
-            data, header = (ref.data, ref.header) if name == ref.name else read(name)
+            data, header = (ref.data, ref.header) if name == ref.name else self.read(name)
         except StarshiftError as exc:  # the file, not the program: this frame fails, not all
-            yield _with_shift_columns(FrameResult(unreadable_row(name, method, str(exc))), shift)
-            continue
-        if measured is None:
-            row = measure_row(name, data, ref, method, pre_shift.get(name, (0, 0)), fill)
+            return _with_shift_columns(FrameResult(unreadable_row(name, self.method, str(exc))),
+                                       shift)
+        if self.measured is None:
+            row = measure_row(name, data, ref, self.method, self.pre_shift.get(name, (0, 0)),
+                              self.fill)
             row.update({C.FILE: name, C.FILTER: str(header.get("FILTER", "")),
                         C.EXPTIME: _header_number(header, "EXPTIME"),
                         C.REFERENCE: int(name == ref.name)})
         result = _with_shift_columns(FrameResult(row), shift)
         if shift is not None and row[C.STATUS] != C.FAILED:
-            result.data, result.header, update = shift_row(data, header, row, ref, method,
-                                                           shift, cards or {})
+            out, hdr, update = shift_row(data, header, row, ref, self.method, shift, self.cards)
             row.update(update)
-        yield result
+            if self.sink is not None:
+                self.sink(name, out, hdr)
+            else:
+                result.data, result.header = out, hdr
+        return result
 
 
 def unreadable_row(name: str, method: Method, reason: str) -> dict:

@@ -22,6 +22,8 @@ PART_READS = {
                 "centroid", "auto", "shift.fill"),
     "shift": ("method", "centroid", "shift"),
     "reject": ("bad_frames", "keep_frames", "reject"),
+    # the seed's box against the automatic aligner, on the same frames (the report's check)
+    "compare": ("method", "pre_shift", "centroid", "auto", "shift.fill"),
 }
 ALL_PARTS = ("measure", "shift", "reject")
 
@@ -65,7 +67,11 @@ class Reads:
         head, _, rest = dotted.partition(".")
         if rest:
             return self[head].path(rest)
-        return self.plain(head) if isinstance(self._data[head], Mapping) else self[head]
+        return self.plain(head) if isinstance(self._peek(head), Mapping) else self[head]
+
+    def _peek(self, key: str) -> Any:
+        """The value at ``key``, not recorded."""
+        return self._data[key]
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class NightSettings:
     limits: Any = None
     catalogue: dict[str, Any] | None = None
     params_hash: str = ""
+    jobs: int = 1
 
 
 def night_settings(cfg: Any, parts: Iterable[str] = ALL_PARTS) -> NightSettings:
@@ -127,4 +134,72 @@ def night_settings(cfg: Any, parts: Iterable[str] = ALL_PARTS) -> NightSettings:
         limits=QualityLimits(**got["reject"]) if "reject" in got else None,
         catalogue=dict(auto) if auto is not None else None,
         params_hash=params_hash(got),
+        jobs=worker_count(view["jobs"] if "jobs" in view else 0),
     )
+
+
+def worker_count(jobs: int) -> int:
+    """Worker processes for ``jobs`` (0: one per core this process may use). How many
+    workers run changes no output, so it is not a parameter of the results (not hashed)."""
+    import os
+
+    if jobs and jobs > 0:
+        return int(jobs)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: The groups a night shares with every other night (top level of params.yaml).
+SHARED = ("shift", "reject", "auto", "report")
+
+
+class NightView(Reads):
+    """One night of the pipeline's params, read as a ``starshift align`` config would be.
+
+    Night keys come from ``nights.<night>``, the shared groups from the top level; reading the
+    search box (``centroid``) reads the night's box and the top-level override (a set
+    ``centroid.box_size``/``box_center`` replaces every night's). Keys are recorded under
+    their params.yaml names, which is what dvc.yaml declares.
+    """
+
+    def __init__(self, params: Mapping, night: str, log: dict | None = None):
+        super().__init__(params, "", log)
+        self._night = night
+
+    def _source(self, key: str) -> tuple[Mapping, str]:
+        if key in SHARED:
+            return self._data, ""
+        return self._data["nights"][self._night], f"nights.{self._night}."
+
+    def __contains__(self, key: str) -> bool:
+        data, _ = self._source(key)
+        return key in data
+
+    def _peek(self, key: str) -> Any:
+        data, _ = self._source(key)
+        return data[key]
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "centroid":
+            return Reads(self._centroid(), "nights.centroid.", {})  # recorded in _centroid
+        data, prefix = self._source(key)
+        return Reads(data, prefix, self.log)[key]
+
+    def plain(self, key: str | None = None) -> Any:
+        if key == "centroid":
+            return self._centroid()
+        if key is None:
+            raise TypeError("a night view is read key by key")
+        data, prefix = self._source(key)
+        return Reads(data, prefix, self.log).plain(key)
+
+    def _centroid(self) -> dict:
+        own = Reads(self._data["nights"][self._night], f"nights.{self._night}.", self.log)
+        box = dict(own.plain("centroid"))
+        override = Reads(self._data, "", self.log).plain("centroid")
+        for key in ("box_center", "box_size"):
+            if override.get(key) is not None:
+                box[key] = override[key]
+        return box

@@ -15,10 +15,9 @@ from omegaconf import OmegaConf
 from .. import io as fio
 from ..config import load_params, night_config, to_plain, validate_pipeline
 from ..errors import StarshiftError
+from ..settings import NightView
 
 log = logging.getLogger(__name__)
-
-DATA_ROOT = Path("data")
 
 
 def compose_params_text(conf_dir: str | Path = "conf", overrides: list[str] | None = None,
@@ -60,46 +59,82 @@ def compose(out: str | Path = "params.yaml", conf_dir: str | Path = "conf",
     return True
 
 
-class NightPaths:
-    """Where one night's stage outputs live (relative to the project root)."""
+def run_stage(stage: str, night: str | None, params: str | Path, paths: dict,
+              progress: bool = True, log: dict | None = None) -> None:
+    """Run one DVC stage (``summary`` takes no night) with the paths dvc.yaml gives.
 
-    def __init__(self, night: str, root: Path = DATA_ROOT, reports: str | Path = "reports"):
-        self.night = night
-        self.work = Path(root) / night
-        self.shifts = self.work / "shifts.csv"
-        self.shifted = self.work / "shifted"
-        self.residuals = self.work / "residuals.csv"
-        self.accepted = self.work / "accepted"
-        self.diagnostics = self.work / "diagnostics.csv"
-        self.report = Path(reports) / night
-
-
-def run_stage(stage: str, night: str | None, params: str | Path = "params.yaml",
-              progress: bool = True) -> None:
-    """Run one DVC stage for one night (``summary`` takes no night)."""
+    A stage reads its settings through a recording view of params.yaml (``log``, when given,
+    receives every key read, under its params.yaml name).
+    """
     from . import stages
 
     cfg = load_params(params)
+    plain = to_plain(cfg)
     if stage == "summary":
         from ..report.build import summary
 
-        summary(cfg)
+        summary(paths["metrics"], paths["index"], cfg)
         return
     if night is None:
         raise StarshiftError(f"stage {stage}: name the night")
-    ncfg = night_config(cfg, night)
-    paths = NightPaths(night, reports=cfg.report.out)
-    input_dir = Path(cfg.nights[night].input_dir)
+    night_config(cfg, night)  # the night exists and its effective config is valid
+    view = NightView(plain, night, log)
     if stage == "centroid":
-        stages.stage_measure(input_dir, paths.shifts, ncfg, progress)
+        stages.stage_measure(paths["frames"], paths["shifts"], view, progress)
     elif stage == "shift":
-        stages.stage_shift(input_dir, paths.shifts, paths.shifted, paths.residuals, ncfg, progress)
+        stages.stage_shift(paths["frames"], paths["shifts"], paths["shifted"],
+                           paths["residuals"], view, progress)
     elif stage == "reject":
-        stages.stage_reject(paths.shifted, paths.residuals, paths.accepted, paths.diagnostics,
-                            ncfg)
+        stages.stage_reject(paths["residuals"], paths["diagnostics"], paths["thresholds"], view)
+    elif stage == "compare":
+        stages.stage_compare(paths["frames"], paths["shifts"], paths["compare"], view, progress)
     elif stage == "report":
         from ..report.build import night_report
 
-        night_report(night, input_dir, paths, ncfg, cfg.report, to_plain(cfg), progress)
+        night_report(night, paths, view, progress)
     else:
-        raise StarshiftError(f"unknown stage {stage!r}: centroid, shift, reject, report, summary")
+        raise StarshiftError(f"unknown stage {stage!r}: centroid, shift, reject, compare, "
+                             "report, summary")
+
+
+def add_night(name: str, input_dir: str | Path, conf_dir: str | Path = "conf",
+              method: str = "auto", box_center: list[float] | None = None,
+              box_size: int | None = None) -> Path:
+    """Add a night to the pipeline: write ``conf/night/<name>.yaml`` (only what differs from the
+    schema's defaults) and its line in ``conf/config.yaml``'s defaults. Returns the new file.
+
+    Nothing in dvc.yaml changes: its stages follow the nights of params.yaml. Run
+    ``starshift compose`` (and ``dvc repro``) afterwards.
+    """
+    import re
+
+    conf_dir = Path(conf_dir)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name) or name == "base":
+        raise StarshiftError(f"night name {name!r}: use letters, digits, '_' or '-' (not 'base')")
+    main = conf_dir / "config.yaml"
+    if not main.is_file():
+        raise StarshiftError(f"{main}: not found; run from the project root")
+    night_file = conf_dir / "night" / f"{name}.yaml"
+    if night_file.exists():
+        raise StarshiftError(f"{night_file}: already exists; edit it instead")
+    if method not in ("auto", "box"):
+        raise StarshiftError(f"method={method}: use auto or box")
+    if method == "box" and box_center is None:
+        raise StarshiftError("method box needs --box X,Y (the search box's centre)")
+    lines = [f"# {name}: added by 'starshift night add'", f"input_dir: {input_dir}"]
+    if method != "auto":
+        lines.append(f"method: {method}")
+    if box_center is not None:
+        lines += ["centroid:", f"  box_center: [{box_center[0]:g}, {box_center[1]:g}]"]
+        if box_size is not None:
+            lines.append(f"  box_size: {int(box_size)}")
+    text = main.read_text(encoding="utf-8")
+    entry = f"  - night@nights.{name}: [base, {name}]\n"
+    if entry in text:
+        raise StarshiftError(f"{main}: already lists {name}")
+    if "  - _self_\n" not in text:
+        raise StarshiftError(f"{main}: no '- _self_' line in its defaults; add {entry.strip()!r}"
+                             " by hand")
+    fio.write_text(night_file, "\n".join(lines) + "\n")
+    fio.write_text(main, text.replace("  - _self_\n", entry + "  - _self_\n", 1))
+    return night_file

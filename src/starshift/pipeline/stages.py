@@ -12,6 +12,7 @@ Hydra sweep; every one of them goes through :func:`starshift.night.align_night`:
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +51,32 @@ def discover(input_dir: Path, s: NightSettings) -> fio.Discovery:
     return found
 
 
-def _reader(input_dir: Path, unreadable: dict[str, str] | None = None):
+@dataclass(frozen=True)
+class _Reader:
     """Reads a frame by name; a file discovery found unreadable fails with discovery's reason
-    (without being read again)."""
-    def read(name: str):
-        if unreadable and name in unreadable:
-            raise StarshiftError(unreadable[name])
-        return fio.read_frame(input_dir / name)
-    return read
+    (without being read again). Picklable, for worker processes."""
+
+    input_dir: Path
+    unreadable: dict[str, str] | None = None
+
+    def __call__(self, name: str):
+        if self.unreadable and name in self.unreadable:
+            raise StarshiftError(self.unreadable[name])
+        return fio.read_frame(self.input_dir / name)
+
+
+@dataclass(frozen=True)
+class _Sink:
+    """Writes a shifted frame into a folder, where it was made (in the worker)."""
+
+    folder: Path
+
+    def __call__(self, name: str, data, header) -> None:
+        fio.write_frame(self.folder / fio.output_name(name), data, header)
+
+
+def _reader(input_dir: Path, unreadable: dict[str, str] | None = None) -> _Reader:
+    return _Reader(Path(input_dir), unreadable)
 
 
 def _check_outputs_not_inputs(found: fio.Discovery, output_dir: Path) -> None:
@@ -157,7 +176,7 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
     names = found.names
     results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
-                          pre_shift=s.pre_shift, fill=s.fill)
+                          pre_shift=s.pre_shift, fill=s.fill, jobs=s.jobs)
     rows = [r.row for r in _progress(results, len(names), f"measure {input_dir.name}", progress)]
     return _shifts_table(rows), ref
 
@@ -210,14 +229,12 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
     """Measure, shift and decide every frame; kept frames go to ``out.staging``."""
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
     names = found.names
+    # every shifted frame is written where it is made; the night's rules decide below
     results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
-                          pre_shift=s.pre_shift, fill=s.fill, shift=s.shift,
-                          cards=_provenance(s))
-    rows = []
-    for r in _progress(results, len(names), f"align {input_dir.name}", progress):
-        if out is not None and r.data is not None:  # the night's rules decide below
-            fio.write_frame(out.staging / fio.output_name(r.row[C.FILE]), r.data, r.header)
-        rows.append(r.row)
+                          pre_shift=s.pre_shift, fill=s.fill,
+                          shift=s.shift, cards=_provenance(s),
+                          sink=_Sink(out.staging) if out is not None else None, jobs=s.jobs)
+    rows = [r.row for r in _progress(results, len(names), f"align {input_dir.name}", progress)]
     thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     if out is not None:
         for row in rows:
@@ -252,20 +269,21 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
         out.require_free(_frame_bytes(ref.data.shape))
         results = align_night(names, _reader(input_dir), ref, s.method,
                               measured=dict(zip(names, table.to_dict("records"), strict=True)),
-                              shift=s.shift, cards=_provenance(s))
-        rows = []
-        for r in _progress(results, len(names), f"shift {input_dir.name}", progress):
-            if r.data is not None:
-                fio.write_frame(out.staging / fio.output_name(r.row[C.FILE]), r.data, r.header)
-            rows.append(r.row)
+                              shift=s.shift, cards=_provenance(s), sink=_Sink(out.staging),
+                              jobs=s.jobs)
+        rows = [r.row for r in _progress(results, len(names), f"shift {input_dir.name}",
+                                         progress)]
     df = pd.DataFrame(rows)
     fio.write_table(df, out_table)
     return df
 
 
-def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.DataFrame:
-    """DVC ``reject`` stage: statuses (the night's rules), the thresholds beside the table,
-    and the accepted set copied to its own directory."""
+def stage_reject(residuals_table, out_table, thresholds_table, cfg) -> pd.DataFrame:
+    """DVC ``reject`` stage: every frame's status by the night's rules, and the thresholds.
+
+    The accepted frames are the ``kept`` rows; their shifted frames stay where the shift
+    stage wrote them (no copies).
+    """
     s = night_settings(cfg, ["reject"])
     table = fio.read_table(residuals_table)
     rows = table.to_dict("records")
@@ -273,13 +291,50 @@ def stage_reject(shifted_dir, residuals_table, out_dir, out_table, cfg) -> pd.Da
         for col in (C.REMEASURE, C.REASON):
             row[col] = "" if pd.isna(row.get(col)) else row.get(col)
     thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
-    with fio.output_folder(out_dir) as out:
-        for row in rows:
-            if row[C.STATUS] == C.KEPT:
-                name = fio.output_name(row[C.FILE])
-                fio.copy_file(Path(shifted_dir) / name, out.staging / name)
-    fio.write_table(thresholds, Path(out_table).with_name(THRESHOLDS), float_format="%.6g")
+    fio.write_table(thresholds, thresholds_table, float_format="%.6g")
     diag = _diagnostics(rows)
     fio.write_table(diag, out_table)
     return diag
+
+
+#: columns of the box-versus-automatic table
+COMPARE_COLUMNS = [C.FILE, "box_dx", "box_dy", "box_status", "auto_dx", "auto_dy",
+                   "auto_sigma_dx", "auto_sigma_dy", "auto_n_stars", "auto_status"]
+
+
+def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False) -> pd.DataFrame:
+    """DVC ``compare`` stage: the seed's box estimate beside the automatic one, per frame.
+
+    The night's own method's estimates come from its shifts table; the other method measures
+    the same frames against the same reference, with the same pre-shifts. A night without a
+    search box has nothing to compare: the table is empty.
+    """
+    from ..night import AutoMethod, BoxMethod
+
+    input_dir, s = Path(input_dir), night_settings(cfg, ["compare"])
+    table = fio.read_table(shifts_table)
+    if s.box is None:
+        out = pd.DataFrame(columns=COMPARE_COLUMNS)
+        fio.write_table(out, out_table)
+        return out
+    other = AutoMethod(s.catalogue) if s.method.name == "box" else BoxMethod(s.box)
+    names = table[C.FILE].tolist()
+    ref_name = table.loc[table[C.REFERENCE] == 1, C.FILE].iloc[0]
+    ref = load_reference(input_dir, ref_name, s)
+    results = align_night(names, _reader(input_dir), ref, other, pre_shift=s.pre_shift,
+                          fill=s.fill, jobs=s.jobs)
+    rows = [r.row for r in _progress(results, len(names), f"compare {input_dir.name}",
+                                     progress)]
+    mine, theirs = table, pd.DataFrame(rows)
+    box, auto = (mine, theirs) if s.method.name == "box" else (theirs, mine)
+    out = pd.DataFrame({C.FILE: names})
+    out = out.merge(box[[C.FILE, C.DX, C.DY, C.STATUS]].rename(
+        columns={C.DX: "box_dx", C.DY: "box_dy", C.STATUS: "box_status"}), on=C.FILE)
+    out = out.merge(auto[[C.FILE, C.DX, C.DY, C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.STATUS]]
+                    .rename(columns={C.DX: "auto_dx", C.DY: "auto_dy",
+                                     C.SIGMA_DX: "auto_sigma_dx", C.SIGMA_DY: "auto_sigma_dy",
+                                     C.N_STARS: "auto_n_stars", C.STATUS: "auto_status"}),
+                    on=C.FILE)
+    fio.write_table(out, out_table)
+    return out
 

@@ -43,29 +43,10 @@ def seed_markdown(diag: pd.DataFrame, max_residual: float) -> pd.DataFrame:
     return t
 
 
-def compare_methods(input_dir: Path, ncfg, diag: pd.DataFrame, limit: float = 0.5
-                    ) -> pd.DataFrame:
-    """The box (seed) estimate beside the automatic one, per frame, flagged beyond ``limit``.
-
-    The night's own method comes from ``diag``; the other is measured here with the same
-    settings (search box, pre-shifts, reference).
-    """
-    from omegaconf import OmegaConf
-
-    from ..pipeline.stages import measure
-
-    other_cfg = OmegaConf.merge(ncfg, {"method": "auto" if ncfg.method == "box" else "box",
-                                       "reference": diag.loc[diag[REFERENCE] == 1, C.FILE]
-                                       .iloc[0]})
-    other, _ = measure(input_dir, other_cfg)
-    box, auto = (diag, other) if ncfg.method == "box" else (other, diag)
-    t = pd.DataFrame({C.FILE: diag[C.FILE]})
-    t = t.merge(box[[C.FILE, C.DX, C.DY, C.STATUS]].rename(
-        columns={C.DX: "box_dx", C.DY: "box_dy", C.STATUS: "box_status"}), on=C.FILE)
-    t = t.merge(auto[[C.FILE, C.DX, C.DY, C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.STATUS]].rename(
-        columns={C.DX: "auto_dx", C.DY: "auto_dy", C.SIGMA_DX: "auto_sigma_dx",
-                 C.SIGMA_DY: "auto_sigma_dy", C.N_STARS: "auto_n_stars",
-                 C.STATUS: "auto_status"}), on=C.FILE)
+def flag_comparison(cmp: pd.DataFrame, limit: float) -> pd.DataFrame:
+    """The compare stage's table with the differences and a flag where they exceed ``limit``
+    px on either axis, or where one method failed."""
+    t = cmp.copy()
     t["diff_dx"] = t["box_dx"] - t["auto_dx"]
     t["diff_dy"] = t["box_dy"] - t["auto_dy"]
     big = (t["diff_dx"].abs() > limit) | (t["diff_dy"].abs() > limit)
@@ -80,92 +61,187 @@ def _usable(diag: pd.DataFrame) -> pd.DataFrame:
                 | (diag[REFERENCE] == 1)]
 
 
-def night_report(night: str, input_dir: Path, paths, ncfg, rcfg, full_cfg: dict,
-                 progress: bool = False) -> dict:
-    """Write ``reports/<night>/``: diagnostics, order-0-vs-1 GIF, photometry, plots, metrics."""
-    from .gif import order_comparison_gif
+def night_report(night: str, paths: dict, cfg, progress: bool = False) -> dict:
+    """The report stage: ``paths["report"]`` (tables: diagnostics, rejected frames with their
+    reasons, photometry, box vs automatic), ``paths["plots"]`` (images: order-0-vs-1 GIF, the
+    blinked night, stacks, quality and residual plots), ``paths["metrics"]`` (the night's
+    metrics) and ``paths["stack"]`` (the stacked frames per filter, FITS).
+
+    ``cfg`` is the night's settings view; the report reads ``report.*``, the search box, the
+    shift's fill and the new-shift limit, nothing else.
+    """
+    from ..registration import prepare_reference
+    from .gif import evenly_spaced, order_comparison_gif
     from .photometry import select_stars, shift_photometry, summarise_photometry
     from .plots import flux_change_plot, residual_plot
 
-    out = Path(paths.report)
-    diag = fio.read_table(paths.diagnostics)
-    truth_path = Path(input_dir) / "truth.csv"
+    rcfg = cfg.plain("report")
+    box = cfg.plain("centroid")
+    fill = cfg.path("shift.fill")
+    max_res = float(cfg.path("reject.max_residual"))
+    input_dir = Path(paths["frames"])
+    diag = fio.read_table(paths["diagnostics"])
+    truth_path = input_dir / "truth.csv"
     diag = with_truth(diag, fio.read_table(truth_path) if truth_path.is_file() else None)
-    max_res = float(ncfg.reject.max_residual)
+    thresholds = fio.read_table(paths["thresholds"])
+    with fio.output_folder(paths["report"]) as rep, fio.output_folder(paths["plots"]) as img:
+        out, pics = rep.staging, img.staging
+        fio.write_table(diag, out / "diagnostics.csv")
+        fio.write_text(out / "diagnostics.md",
+                       f"# {night}: per-frame diagnostics\n\n"
+                       f"Shift = reference - frame (px, x first); new shift = what the shift "
+                       f"left (the star re-measured after shifting, for the box method); CHECK "
+                       f"= beyond {max_res:g} px.\n\n"
+                       + markdown_table(seed_markdown(diag, max_res)) + "\n")
+        rejected = diag.loc[diag[C.STATUS] != C.KEPT, [C.FILE, C.STATUS, C.REASON]]
+        fio.write_table(rejected, out / "rejected.csv")
+        fio.write_table(thresholds, out / "thresholds.csv", float_format="%.6g")
+        res = diag[[C.FILE, C.RESIDUAL_DX, C.RESIDUAL_DY, C.STATUS]].copy()
+        res.insert(0, "frame", np.arange(len(res)))
+        fio.write_table(res, out / "residuals.csv")
+        fio.write_bytes(pics / "residuals.png", residual_plot(diag, max_res, title=night))
 
-    fio.write_table(diag, out / "diagnostics.csv")
-    seed = seed_markdown(diag, max_res)
-    fio.write_text(out / "diagnostics.md",
-                  f"# {night}: per-frame diagnostics\n\n"
-                  f"Shift = reference - frame (px, x first); new shift = the star re-measured "
-                  f"after shifting; CHECK = beyond {max_res:g} px.\n\n"
-                  + markdown_table(seed) + "\n")
+        usable = _usable(diag)
+        ref_name = diag.loc[diag[REFERENCE] == 1, C.FILE].iloc[0]
+        ref_data, _ = fio.read_frame(input_dir / ref_name)
+        stars = select_stars(ref_data, n=int(rcfg["n_stars"]))
+        if box["box_center"] is not None:
+            center = tuple(float(v) for v in box["box_center"])
+        elif len(stars):
+            center = (float(stars["x"].iloc[0]), float(stars["y"].iloc[0]))
+        else:
+            center = (ref_data.shape[1] / 2, ref_data.shape[0] / 2)
+        order = [ref_name] + [f for f in usable[C.FILE] if f != ref_name]
+        in_gif = {order[i] for i in evenly_spaced(len(order), int(rcfg["gif_max_frames"]))}
+        phot_rows, gif_frames = [], []
+        by_file = usable.set_index(C.FILE)
+        for name in tqdm(order, desc=f"report {night}", disable=not progress):
+            raw, _ = fio.read_frame(input_dir / name)
+            dx, dy = float(by_file.loc[name, C.DX]), float(by_file.loc[name, C.DY])
+            if len(stars):
+                p = shift_photometry(raw, dx, dy, stars, radius=float(rcfg["aperture_radius"]),
+                                     annulus=tuple(rcfg["annulus"]),
+                                     orders=tuple(rcfg["orders"]), fill=fill)
+                p.insert(0, C.FILE, name)
+                phot_rows.append(p)
+            if name in in_gif:
+                gif_frames.append((name, raw, dx, dy))
+        phot = pd.concat(phot_rows, ignore_index=True) if phot_rows else pd.DataFrame()
+        fio.write_table(phot, out / "photometry.csv", float_format="%.6g")
+        phot_summary = summarise_photometry(phot) if len(phot) else pd.DataFrame()
+        fio.write_table(phot_summary, out / "photometry_summary.csv", float_format="%.6g")
+        if len(phot):
+            fio.write_bytes(pics / "flux_change.png", flux_change_plot(phot, title=night))
+        fio.write_bytes(pics / "order0_vs_order1.gif", order_comparison_gif(
+            gif_frames, center, size=int(rcfg["gif_size"]), fill=fill,
+            scale=int(rcfg["gif_scale"]), levels=int(rcfg["gif_levels"])))
 
-    # residual plot and its data (for `dvc plots`)
-    res = diag[[C.FILE, C.RESIDUAL_DX, C.RESIDUAL_DY, C.STATUS]].copy()
-    res.insert(0, "frame", np.arange(len(res)))
-    fio.write_table(res, out / "residuals.csv")
-    fio.write_bytes(out / "residuals.png", residual_plot(diag, max_res, title=night))
-
-    usable = _usable(diag)
-    ref_name = diag.loc[diag[REFERENCE] == 1, C.FILE].iloc[0]
-    ref_data, _ = fio.read_frame(Path(input_dir) / ref_name)
-    stars = select_stars(ref_data, n=int(rcfg.n_stars))
-    if ncfg.centroid.box_center is not None:
-        center = tuple(float(v) for v in ncfg.centroid.box_center)
-    elif len(stars):
-        center = (float(stars["x"].iloc[0]), float(stars["y"].iloc[0]))
-    else:
-        center = (ref_data.shape[1] / 2, ref_data.shape[0] / 2)
-
-    phot_rows, gif_frames = [], []
-    order = [ref_name] + [f for f in usable[C.FILE] if f != ref_name]
-    by_file = usable.set_index(C.FILE)
-    for name in tqdm(order, desc=f"report {night}", disable=not progress):
-        raw, _ = fio.read_frame(Path(input_dir) / name)
-        dx, dy = float(by_file.loc[name, C.DX]), float(by_file.loc[name, C.DY])
-        if len(stars):
-            p = shift_photometry(raw, dx, dy, stars, radius=float(rcfg.aperture_radius),
-                                 annulus=tuple(rcfg.annulus), orders=tuple(rcfg.orders),
-                                 fill=ncfg.shift.fill)
-            p.insert(0, C.FILE, name)
-            phot_rows.append(p)
-        if len(gif_frames) < int(rcfg.gif_max_frames):
-            gif_frames.append((name, raw, dx, dy))
-    phot = pd.concat(phot_rows, ignore_index=True) if phot_rows else pd.DataFrame()
-    fio.write_table(phot, out / "photometry.csv", float_format="%.6g")
-    phot_summary = summarise_photometry(phot) if len(phot) else pd.DataFrame()
-    fio.write_table(phot_summary, out / "photometry_summary.csv", float_format="%.6g")
-    if len(phot):
-        fio.write_bytes(out / "flux_change.png", flux_change_plot(phot, title=night))
-    fio.write_bytes(out / "order0_vs_order1.gif",
-                   order_comparison_gif(gif_frames, center, size=int(rcfg.gif_size),
-                                        fill=ncfg.shift.fill, scale=int(rcfg.gif_scale),
-                                        levels=int(rcfg.gif_levels)))
-
-    metrics = night_metrics(diag)
-    if ncfg.centroid.box_center is not None:
-        cmp = compare_methods(Path(input_dir), ncfg, diag, max_res)
-        fio.write_table(cmp, out / "box_vs_auto.csv")
-        fio.write_text(out / "box_vs_auto.md",
-                      f"# {night}: seed box estimate vs automatic estimate\n\n"
-                      f"Shift onto the reference (px). Flagged where they differ by more than "
-                      f"{max_res:g} px on either axis, or where one method failed.\n\n"
-                      + markdown_table(cmp) + "\n")
-        metrics["box_vs_auto_flagged"] = int((cmp["flag"] != "").sum())
-    if len(phot):
-        for o in rcfg.orders:
-            col = f"rel_change_order{o}"
-            if col in phot:
-                v = phot[col].to_numpy(float)
-                v = v[np.isfinite(v)]
-                metrics[f"max_abs_flux_change_order{o}"] = (
-                    round(float(np.max(np.abs(v))), 6) if v.size else None)
-    metrics["reference"] = ref_name
-    metrics["params_hash"] = fio.params_hash(OmegaConf.to_container(ncfg, resolve=True))
-    metrics["gif_center"] = [round(center[0], 2), round(center[1], 2)]
-    fio.write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        metrics = night_metrics(diag)
+        cmp = fio.read_table(paths["compare"])
+        if len(cmp):
+            cmp = flag_comparison(cmp, max_res)
+            fio.write_table(cmp, out / "box_vs_auto.csv")
+            fio.write_text(out / "box_vs_auto.md",
+                           f"# {night}: seed box estimate vs automatic estimate\n\n"
+                           f"Shift onto the reference (px). Flagged where they differ by more "
+                           f"than {max_res:g} px on either axis, or where one method failed."
+                           "\n\n" + markdown_table(cmp) + "\n")
+            metrics["box_vs_auto_flagged"] = int((cmp["flag"] != "").sum())
+        if len(phot):
+            for o in rcfg["orders"]:
+                col = f"rel_change_order{o}"
+                if col in phot:
+                    v = phot[col].to_numpy(float)
+                    v = v[np.isfinite(v)]
+                    metrics[f"max_abs_flux_change_order{o}"] = (
+                        round(float(np.max(np.abs(v))), 6) if v.size else None)
+        metrics["reference"] = ref_name
+        metrics["params_hash"] = fio.params_hash(dict(cfg.log))
+        metrics["gif_center"] = [round(center[0], 2), round(center[1], 2)]
+        positions = np.asarray(prepare_reference(ref_data).star_positions,
+                               float).reshape(-1, 2)
+        more, stacks = aligned_images(
+            night, diag, Path(paths["shifted"]), thresholds, positions, pics,
+            blink_max_frames=int(rcfg["blink_max_frames"]),
+            stack_method=str(rcfg["stack_method"]))
+        metrics.update(more)
+        with fio.output_folder(paths["stack"]) as st:
+            for label, data in stacks.items():
+                name = label.removeprefix("filter ").replace(" ", "_")
+                fio.write_frame(st.staging / f"stack_{name}.fits", data)
+    fio.write_text(paths["metrics"], json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def aligned_images(night: str, diag: pd.DataFrame, shifted: Path,
+                   thresholds: pd.DataFrame | None, positions: np.ndarray, out: Path, *,
+                   blink_max_frames: int, stack_method: str
+                   ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Write ``out/quality.png`` (every quality metric per frame, with ``thresholds``),
+    ``out/blink.gif`` (the aligned frames in ``shifted``) and ``out/stack.png`` (the kept
+    aligned frames stacked per filter).
+
+    Returns the stack metrics (per filter ``F``: ``stack_fwhm_F``, the FWHM of the mean stack
+    -- no rejection, which would hide a misalignment -- and ``frame_fwhm_F``, the median
+    single-frame FWHM, px, both measured at ``positions``: the reference's isolated stars,
+    (N, 2), x first) and the stacks shown (``stack_method``; label -> float32 array), for the
+    caller to keep.
+    """
+    from .blink import blink_gif, blink_selection
+    from .quality_plot import quality_plot
+    from .stack import METHOD_NAMES, stack, stack_fwhm, stack_png
+
+    fio.write_bytes(out / "quality.png", quality_plot(diag, thresholds, title=night))
+
+    shifted = Path(shifted)
+    names = [str(f) for f in diag[C.FILE]]
+    statuses = [str(s) for s in diag[C.STATUS]]
+    reasons = [r if isinstance(r, str) else "" for r in diag[C.REASON]]
+    on_disk = np.array([(shifted / n).is_file() for n in names], dtype=bool)
+    ref_i = int(np.flatnonzero(diag[REFERENCE].to_numpy() == 1)[0])
+    shown = [i for i in range(len(names)) if statuses[i] != C.FAILED and on_disk[i]]
+    if shown:
+        pick = set(blink_selection(shown, statuses, blink_max_frames, ref_i))
+        frames = [fio.read_frame(shifted / n)[0] if i in pick else None
+                  for i, n in enumerate(names)]
+        fio.write_bytes(out / "blink.gif", blink_gif(
+            frames, names, statuses, max_frames=blink_max_frames, reasons=reasons,
+            reference=ref_i, title=night))
+        del frames
+
+    # stacks of the kept frames per filter; FWHM at the reference's isolated stars
+    kept = diag[(diag[C.STATUS] == C.KEPT).to_numpy() & on_disk]
+    filters = (kept[C.FILTER].astype(object).fillna("").astype(str) if C.FILTER in kept
+               else pd.Series("", index=kept.index))
+    metrics: dict = {}
+    stacks, fwhm, notes = {}, {}, {}
+    for filt in sorted(set(filters)):
+        rows = kept[filters == filt]
+        frames = [fio.read_frame(shifted / f)[0] for f in rows[C.FILE]]
+        exptime = (pd.to_numeric(rows[C.EXPTIME], errors="coerce").to_numpy(float)
+                   if C.EXPTIME in rows else np.full(len(rows), np.nan))
+        mixed = bool(np.all(exptime > 0)) and len(set(exptime)) > 1  # several exposure times
+        kw = {"scale": exptime.max() / exptime if mixed else None,
+              "weights": exptime if mixed else None}
+        # the alignment check is the mean stack's FWHM: rejecting stacks hide misalignment
+        mean = stack(frames, "mean", **kw)
+        check, single = stack_fwhm(mean, frames, positions)
+        data = mean if stack_method == "mean" else stack(
+            frames, stack_method, **(kw if stack_method != "median" else {"scale": kw["scale"]}))
+        label = f"filter {filt}" if filt else "all kept frames"
+        fwhm[label] = ((check, single) if stack_method == "mean"
+                       else (stack_fwhm(data, [], positions)[0], single, check))
+        notes[label] = (f"{len(frames)} kept frame(s), {METHOD_NAMES[stack_method]}"
+                        + (f", scaled to {exptime.max():g} s" if mixed else ""))
+        stacks[label] = data
+        key = f"_{filt}" if filt else ""
+        for name, v in (("stack_fwhm", check), ("frame_fwhm", single)):
+            metrics[f"{name}{key}"] = round(v, 3) if np.isfinite(v) else None
+        del frames, mean
+    if stacks:
+        fio.write_bytes(out / "stack.png", stack_png(
+            stacks, f"{night}: stacks of the kept aligned frames", fwhm=fwhm, note=notes))
+    return metrics, stacks
 
 
 def _fmt(v) -> str:
@@ -174,53 +250,62 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def summary(cfg) -> dict:
-    """Write ``reports/metrics.json`` and ``reports/index.md`` from every night's report."""
-    root = Path(cfg.report.out)
+def summary(metrics_dir: str | Path, index: str | Path, cfg) -> dict:
+    """The summary stage: ``index`` (markdown: every night's figures, links to its report and
+    images, and the composed configuration) from the nights' metrics in ``metrics_dir``."""
+    import os
+
+    from ..errors import StarshiftError
+
+    metrics_dir, index = Path(metrics_dir), Path(index)
     plain = OmegaConf.to_container(cfg, resolve=True)
+    here = index.parent
     all_metrics, sections = {}, []
     for night in cfg.nights:
-        path = root / night / "metrics.json"
+        path = metrics_dir / f"{night}.json"
         if not path.is_file():
-            from ..errors import StarshiftError
-
             raise StarshiftError(f"{path}: missing; run the report stage for {night} first")
         m = json.loads(path.read_text())
         all_metrics[night] = m
-        method = cfg.nights[night].method
+        rep = Path(os.path.relpath(here / night, here)).as_posix()
+        pics = Path(os.path.relpath(here / "plots" / night, here)).as_posix()
+        truth = "rms_error" in m
         lines = [f"## {night}", "",
-                 f"Method `{method}`, reference `{m.get('reference')}`, parameters hash "
-                 f"`{m.get('params_hash')}`.", "",
+                 f"Method `{cfg.nights[night].method}`, reference `{m.get('reference')}`, "
+                 f"parameters hash `{m.get('params_hash')}`.", "",
                  "| frames | kept | rejected | failed | max new shift | RMS new shift |"
-                 + (" good within 0.5 px | RMS error vs truth |" if "rms_error" in m else ""),
-                 "|---|---|---|---|---|---|" + ("---|---|" if "rms_error" in m else ""),
+                 + (" good within 0.5 px | RMS error vs truth |" if truth else ""),
+                 "|---|---|---|---|---|---|" + ("---|---|" if truth else ""),
                  f"| {m['frames']} | {m['kept']} | {m['rejected']} | {m['failed']} | "
                  f"{_fmt(m['max_residual'])} | {_fmt(m['rms_residual'])} |"
                  + (f" {m['good_within_0.5px']}/{m['good_frames']} | {_fmt(m['rms_error'])} |"
-                    if "rms_error" in m else ""),
+                    if truth else ""),
                  "",
-                 f"Tables: [diagnostics]({night}/diagnostics.md) ([csv]({night}/diagnostics.csv"
-                 f")), [photometry]({night}/photometry.csv), "
-                 f"[photometry summary]({night}/photometry_summary.csv).", "",
-                 f"![order=0 vs order=1]({night}/order0_vs_order1.gif)", "",
-                 f"![new shift per frame]({night}/residuals.png)"]
-        if (root / night / "flux_change.png").is_file():
-            lines += ["", f"![flux change by interpolation order]({night}/flux_change.png)"]
-        if (root / night / "box_vs_auto.md").is_file():
-            lines += ["", f"Seed box estimate vs automatic: [table]({night}/box_vs_auto.md), "
-                      f"{m.get('box_vs_auto_flagged', 0)} frame(s) flagged (differ by more "
+                 f"Tables: [diagnostics]({rep}/diagnostics.md) ([csv]({rep}/diagnostics.csv)),"
+                 f" [rejected frames and why]({rep}/rejected.csv), "
+                 f"[thresholds]({rep}/thresholds.csv), [photometry]({rep}/photometry.csv), "
+                 f"[photometry summary]({rep}/photometry_summary.csv).", "",
+                 f"![the aligned night]({pics}/blink.gif)", "",
+                 f"![per-frame quality and thresholds]({pics}/quality.png)", "",
+                 f"![stacks]({pics}/stack.png)", "",
+                 f"![order=0 vs order=1]({pics}/order0_vs_order1.gif)", "",
+                 f"![new shift per frame]({pics}/residuals.png)"]
+        if any(k.startswith("max_abs_flux_change") for k in m):
+            lines += ["", f"![flux change by interpolation order]({pics}/flux_change.png)"]
+        if "box_vs_auto_flagged" in m:
+            lines += ["", f"Seed box estimate vs automatic: [table]({rep}/box_vs_auto.md), "
+                      f"{m['box_vs_auto_flagged']} frame(s) flagged (differ by more "
                       "than the residual limit, or one method failed)."]
         sections.append("\n".join(lines))
-    fio.write_text(root / "metrics.json", json.dumps(all_metrics, indent=2, sort_keys=True) + "\n")
     cfg_yaml = OmegaConf.to_yaml(cfg)
     text = "\n\n".join([
         "# starshift report",
         "Generated by `dvc repro` from `params.yaml` (composed from `conf/` by "
         "`starshift compose`). Parameters hash of the whole configuration: "
         f"`{fio.params_hash(plain)}`. Regenerate with `dvc repro`; compare with "
-        "`dvc metrics diff main --md` and `dvc params diff main --md`.",
+        "`dvc metrics diff main --md`, `dvc params diff main --md` and `dvc plots diff main`.",
         *sections,
         "## Composed configuration\n\n```yaml\n" + cfg_yaml.rstrip() + "\n```",
     ]) + "\n"
-    fio.write_text(root / "index.md", text)
+    fio.write_text(index, text)
     return all_metrics

@@ -1,11 +1,19 @@
-"""An animated GIF comparing order-0 (whole-pixel) and order-1 (bilinear) shifts, frame by frame.
+"""Animated GIFs of the report: the order-0 vs order-1 comparison, and the shared GIF canvas.
 
-Pure function: arrays in, GIF bytes out. Each GIF frame shows, around one position of the
-reference frame, the frame shifted with order 0, the same frame shifted with order 1, and their
-difference. The two shifted panels share one fixed ZScale stretch (from the reference cutout) and
-the difference panel one fixed symmetric stretch, for the whole animation, so what changes from
-frame to frame is the data, not the display. Shifted panels are shown above each frame's median
-sky: a night mixes filters and exposure times, whose sky levels differ by hundreds of ADU.
+Pure functions: arrays in, GIF bytes out. A GIF frame is drawn in two layers: text, panel
+frames, colour-bar ticks and labels are rendered by matplotlib (anti-aliased, then mapped to the
+nearest colour of one fixed palette), and the image panels are pasted as palette indices, pixel
+for pixel (nearest-neighbour magnification only, no resampling). One global palette, no
+timestamps: the same input gives the same bytes.
+
+:func:`order_comparison_gif` shows, around one position of the reference frame, each frame
+shifted with order 0, the same frame shifted with order 1, and their difference. The two
+shifted panels share one asinh stretch for the whole animation (black 2 sky sigmas below the
+sky, white at the brightest pixel, so star cores are graded, not saturated); they are shown
+above each frame's median sky, because a night mixes filters and exposure times whose sky levels
+differ by hundreds of ADU. The difference panel has one linear symmetric stretch, +- a stated
+percentile of ``|order 1 - order 0|`` over the whole animation, black negative, mid-grey zero,
+white positive, with its colour bar in ADU.
 
 Only cutouts are shifted: a window of the raw frame holding the displayed area's source pixels
 (and the displayed area itself) is shifted with :func:`starshift.shift.apply_shift`, with the fill
@@ -19,36 +27,185 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..shift import apply_shift, fill_value
+from .stretch import AsinhStretch, asinh_stretch
 
-#: Grey levels of the two shifted panels (default), levels of the diverging difference panel.
-N_GREY = 6
-N_DIFF = 15
-#: Percentile of |order1 - order0| (over all frames) that sets the difference stretch.
-DIFF_PERCENTILE = 99.9
-_PAD = 4  # px between panels and around the edge
-_UI = ((24, 26, 34), (235, 235, 235), (150, 20, 110), (150, 150, 160))  # bg, text, no data, dim
-
-
-def _palette(n_grey: int) -> tuple[bytes, int]:
-    """The one global palette: grey ramp, blue-white-red ramp, UI colours; padded to a power of
-    two (the GIF colour table size). Returns the palette and the index of the first UI colour."""
-    rgb = [(g, g, g) for g in np.linspace(0, 255, n_grey).round().astype(int)]
-    for v in np.linspace(-1.0, 1.0, N_DIFF):  # blue (negative) - white (zero) - red (positive)
-        a = 1.0 - abs(v)
-        if v < 0:
-            rgb.append((round(40 + 215 * a), round(90 + 165 * a), 255))
-        else:
-            rgb.append((255, round(70 + 185 * a), round(40 + 215 * a)))
-    ui = len(rgb)
-    rgb += list(_UI)
-    rgb += [(0, 0, 0)] * ((1 << max(1, (len(rgb) - 1).bit_length())) - len(rgb))
-    return bytes(int(c) for triple in rgb for c in triple), ui
+#: Percentile of |order 1 - order 0| (over all frames) that sets the difference stretch.
+DIFF_PERCENTILE = 99.5
+#: Grey levels of one sky sigma of the reference just above black (2 sigmas below the sky).
+COMPARISON_NOISE_LEVELS = 2.0
+#: Display time of a comparison GIF frame, ms.
+COMPARISON_MS = 900
+DPI = 100
+#: Grey values of the background, the text and the secondary text.
+BG, FG, DIM = 22, 235, 160
+#: Grey levels of anti-aliased text and lines.
+TEXT_LEVELS = 12
+#: Pixels with no data (a ``fill='nan'`` shift) are shown in this colour.
+NODATA_RGB = (200, 40, 160)
+_FONT = {"family": "DejaVu Sans"}
 
 
+# --------------------------------------------------------------------------- palette, canvas
+def palette(n_grey: int, extras: Sequence[tuple[int, int, int]] = ()) -> list[tuple[int, int, int]]:
+    """``n_grey`` greys from black to white (indices ``0 .. n_grey-1``), then ``extras``."""
+    if not 2 <= n_grey + len(extras) <= 256 or n_grey < 2:
+        raise ValueError(f"palette: {n_grey} greys and {len(extras)} colours exceed 256")
+    greys = np.linspace(0, 255, n_grey).round().astype(int)
+    return [(int(g), int(g), int(g)) for g in greys] + [tuple(map(int, c)) for c in extras]
+
+
+def grey_index(t: np.ndarray, levels: int, n_grey: int, nodata: int = 0) -> np.ndarray:
+    """Palette indices of stretched values ``t`` (0..1): ``levels`` equal steps from black to
+    white, on a palette whose first ``n_grey`` entries are greys; NaN becomes ``nodata``."""
+    t = np.asarray(t, dtype=float)
+    level = np.rint(np.clip(np.nan_to_num(t), 0.0, 1.0) * (levels - 1))
+    idx = np.rint(level * (n_grey - 1) / (levels - 1)).astype(np.uint8)
+    idx[np.isnan(t)] = nodata
+    return idx
+
+
+def magnify(tile: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour magnification, y up (row 0 of ``tile`` at the bottom, as ds9)."""
+    return np.repeat(np.repeat(tile[::-1], scale, axis=0), scale, axis=1)
+
+
+class Canvas:
+    """One GIF frame of ``width`` x ``height`` px on the palette ``colors``.
+
+    Coordinates are pixels from the top-left corner. Text and axes go on a matplotlib figure
+    (rendered at 100 dpi, so a font size of ``s`` pt is ``1.39 s`` px tall), tiles of palette
+    indices are pasted over it after rendering.
+    """
+
+    def __init__(self, width: int, height: int, colors: list[tuple[int, int, int]],
+                 background: int = BG):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self.width, self.height, self.colors = int(width), int(height), colors
+        self.fig = Figure(figsize=(self.width / DPI, self.height / DPI), dpi=DPI)
+        FigureCanvasAgg(self.fig)
+        self.fig.patch.set_facecolor(_rgb(colors[background]))
+        self._tiles: list[tuple[int, int, np.ndarray]] = []
+
+    def text(self, x: float, y: float, s: str, size: float = 9.0, color=FG, **kw):
+        """Text with its top-left corner (or the alignment given in ``ha``/``va``) at (x, y)."""
+        kw.setdefault("va", "top")
+        self.fig.text(x / self.width, 1.0 - y / self.height, s, fontsize=size,
+                      color=_rgb(color), fontdict=_FONT, **kw)
+
+    def axes(self, x: int, y: int, w: int, h: int):
+        """An empty axes whose frame encloses the ``w`` x ``h`` px box at (x, y)."""
+        ax = self.fig.add_axes((x / self.width, 1.0 - (y + h) / self.height,
+                                w / self.width, h / self.height))
+        ax.set_facecolor("none")
+        for spine in ax.spines.values():
+            spine.set_color(_rgb(DIM))
+            spine.set_linewidth(0.8)
+        ax.tick_params(colors=_rgb(FG), labelcolor=_rgb(FG), labelsize=7.5, length=3,
+                       width=0.8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return ax
+
+    def paste(self, x: int, y: int, tile: np.ndarray) -> None:
+        """Palette indices ``tile`` (row 0 at the top) with their top-left corner at (x, y)."""
+        self._tiles.append((int(x), int(y), np.asarray(tile, dtype=np.uint8)))
+
+    def colorbar(self, x: int, y: int, w: int, h: int, index: np.ndarray,
+                 ticks: Sequence[tuple[float, str]], label: str) -> None:
+        """A vertical colour bar: ``index`` (palette indices, bottom to top) pasted in the box,
+        tick labels at the fractions ``ticks`` (0 bottom, 1 top) on its right, and ``label``
+        written vertically beyond them."""
+        rows = np.resize(np.asarray(index, dtype=np.uint8), h)[::-1]
+        self.paste(x, y, np.repeat(rows[:, None], w, axis=1))
+        ax = self.axes(x, y, w, h)
+        ax.set_ylim(0.0, 1.0)
+        ax.yaxis.tick_right()
+        ax.set_yticks([t for t, _ in ticks], [s for _, s in ticks])
+        ax.yaxis.set_label_position("right")
+        ax.set_ylabel(label, color=_rgb(FG), fontsize=8, fontdict=_FONT)
+
+    def image(self):
+        """The frame as a Pillow image of mode ``P`` on the palette.
+
+        The rendered layer is mapped to the nearest of a few of the palette's colours (its
+        extras and ``TEXT_LEVELS`` of its greys: anti-aliased text keeps its smooth edges and
+        compresses several times better than with every grey), then the tiles are pasted.
+        """
+        from PIL import Image
+
+        self.fig.canvas.draw()
+        rgb = np.ascontiguousarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3])
+        greys = [i for i, c in enumerate(self.colors) if c[0] == c[1] == c[2]]
+        step = max(1, (len(greys) - 1) // (TEXT_LEVELS - 1))
+        coarse = sorted(set(greys[::step]) | {greys[-1]}
+                        | {i for i in range(len(self.colors)) if i not in greys})
+        pal = Image.new("P", (1, 1))
+        flat = [v for i in coarse for v in self.colors[i]]
+        pal.putpalette(flat + flat[-3:] * (256 - len(coarse)))
+        # every pixel to its nearest colour; without dithering this is deterministic
+        im = Image.fromarray(rgb).quantize(palette=pal, dither=Image.Dither.NONE)
+        lut = np.array(coarse + [coarse[-1]] * (256 - len(coarse)), dtype=np.uint8)
+        idx = lut[np.asarray(im, dtype=np.uint8)]
+        for x, y, tile in self._tiles:
+            h, w = tile.shape
+            idx[y: y + h, x: x + w] = tile
+        out = Image.fromarray(idx, mode="L").convert("P")
+        out.putpalette([v for c in self.colors for v in c])
+        return out
+
+
+def _rgb(c) -> tuple[float, float, float]:
+    """Matplotlib colour of a grey value or an (r, g, b) triple of 0..255."""
+    if np.isscalar(c):
+        return (c / 255.0,) * 3
+    return tuple(v / 255.0 for v in c)
+
+
+def save_gif(images: list, duration_ms: int) -> bytes:
+    """Frames (mode ``P``, one palette) as a looping GIF; no metadata, deterministic bytes."""
+    buf = io.BytesIO()
+    # optimize: pixels equal to the previous frame's become transparent (static text and
+    # colour bars cost nothing after the first frame)
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
+                   duration=int(duration_ms), loop=0, optimize=True, disposal=1)
+    return buf.getvalue()
+
+
+def evenly_spaced(n: int, k: int | None) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)``, the first and the last included
+    (all of them when ``k`` is None or at least ``n``)."""
+    if k is None or k >= n:
+        return list(range(n))
+    if k <= 1:
+        return [0][:max(k, 0)]
+    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
+
+
+def nice(value: float, digits: int = 2) -> float:
+    """``value`` rounded to ``digits`` significant figures."""
+    if value == 0 or not math.isfinite(value):
+        return 0.0
+    return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
+
+
+def asinh_ticks(stretch: AsinhStretch, n: int = 5) -> list[tuple[float, str]]:
+    """Colour-bar ticks of an asinh stretch: 0 (the sky) and rounded values spread along it."""
+    values = {0.0} if stretch.lo < 0 < stretch.hi else set()
+    for t in np.linspace(0.25, 1.0, n - 1):
+        values.add(nice(float(stretch.inverse(t))))
+    ticks = sorted(v for v in values if stretch.lo <= v <= stretch.hi * 1.0001)
+    return [(float(stretch(v)), f"{v:.0f}" if abs(v) >= 10 or v == 0 else f"{v:.2g}")
+            for v in ticks]
+
+
+# --------------------------------------------------------------------------- cutouts
 def _region(center, size: int) -> tuple[int, int]:
     """Lower-left (x0, y0) of the ``size`` square in reference pixels centred on ``center``."""
     cx, cy = (float(v) for v in center)
@@ -87,20 +244,70 @@ def shifted_cutout(raw: np.ndarray, dx: float, dy: float, x0: int, y0: int, size
     return out
 
 
-def _to_index(values: np.ndarray, lo: float, hi: float, n: int, base: int, nodata: int
-              ) -> np.ndarray:
-    """Map ``values`` linearly onto ``n`` equal bins of [lo, hi] (clipped), as palette indices
-    ``base .. base+n-1``; NaN becomes ``nodata``."""
-    span = hi - lo if hi > lo else 1.0
-    t = np.clip(np.nan_to_num((values - lo) / span), 0.0, 1.0)
-    idx = (base + np.minimum(np.floor(t * n), n - 1)).astype(np.uint8)
-    idx[~np.isfinite(values)] = nodata
-    return idx
+
+# --------------------------------------------------------------------------- comparison GIF
+@dataclass(frozen=True)
+class ComparisonLayout:
+    """Where things are in a comparison GIF frame: ``panels`` are the (x, y) top-left corners
+    of the order-0, order-1 and difference panels, each ``side`` px square; ``bars`` those of
+    the two colour bars (``bar_w`` x ``side``)."""
+
+    width: int
+    height: int
+    side: int
+    panels: tuple[tuple[int, int], ...]
+    bars: tuple[tuple[int, int], ...]
+    bar_w: int = 12
+
+
+def comparison_layout(size: int, scale: int) -> ComparisonLayout:
+    """The layout of :func:`order_comparison_gif` for ``size`` px cutouts magnified ``scale``x."""
+    side = size * scale
+    pad, gap, bar_w, bar_room = 14, 10, 12, 66
+    top = 62
+    x1 = pad
+    x2 = x1 + side + gap
+    xb1 = x2 + side + 6
+    x3 = xb1 + bar_w + bar_room
+    xb2 = x3 + side + 6
+    width = xb2 + bar_w + bar_room
+    height = top + side + 44
+    return ComparisonLayout(width, height, side, ((x1, top), (x2, top), (x3, top)),
+                            ((xb1, top), (xb2, top)), bar_w)
+
+
+def comparison_panels(frames: Sequence[tuple[str, np.ndarray, float, float]], center, size: int,
+                      fill: str | float = "median") -> list[tuple[np.ndarray, np.ndarray]]:
+    """Order-0 and order-1 shifted cutouts (``size`` px, around ``center``) of each frame,
+    minus the frame's median sky: what :func:`order_comparison_gif` shows."""
+    x0, y0 = _region(center, size)
+    out = []
+    for _name, raw, dx, dy in frames:
+        raw = np.asarray(raw, dtype=float)
+        cval = fill_value(raw, fill)  # of the whole frame, as apply_shift on the frame would
+        sky = cval if isinstance(fill, str) and fill.lower() == "median" else fill_value(raw)
+        p0 = shifted_cutout(raw, dx, dy, x0, y0, size, order=0, cval=cval)
+        p1 = shifted_cutout(raw, dx, dy, x0, y0, size, order=1, cval=cval)
+        out.append((p0 - sky, p1 - sky))
+    return out
+
+
+def difference_limit(diffs: Sequence[np.ndarray], percentile: float = DIFF_PERCENTILE) -> float:
+    """Half-range of the symmetric difference stretch: the ``percentile`` of ``|diff|`` over
+    the finite pixels of all ``diffs`` (the largest |diff| if that is 0; 1 if all are 0)."""
+    v = np.concatenate([np.abs(np.asarray(d, dtype=float)).ravel() for d in diffs])
+    v = v[np.isfinite(v)]
+    lim = float(np.percentile(v, percentile)) if v.size else 0.0
+    if not lim > 0:
+        lim = float(v.max()) if v.size and v.max() > 0 else 1.0
+    return lim
 
 
 def order_comparison_gif(frames: Sequence[tuple[str, np.ndarray, float, float]], center, *,
-                         size: int = 64, fill: str | float = "median", duration_ms: int = 600,
-                         scale: int = 2, levels: int = N_GREY) -> bytes:
+                         size: int, scale: int, levels: int, max_frames: int | None = None,
+                         fill: str | float = "median", duration_ms: int = COMPARISON_MS,
+                         diff_percentile: float = DIFF_PERCENTILE,
+                         noise_levels: float = COMPARISON_NOISE_LEVELS) -> bytes:
     """Animated GIF: order-0 shift, order-1 shift and their difference, one GIF frame per frame.
 
     Parameters
@@ -111,101 +318,95 @@ def order_comparison_gif(frames: Sequence[tuple[str, np.ndarray, float, float]],
     center : (x, y)
         Centre of the displayed ``size`` x ``size`` area, in reference pixel coordinates.
     size : int
-        Side of the displayed area, reference pixels.
+        Side of the displayed area, reference pixels (``report.gif_size``).
+    scale : int
+        Nearest-neighbour magnification of every panel (``report.gif_scale``).
+    levels : int
+        Grey levels of the panels, 2 to 256 (``report.gif_levels``).
+    max_frames : int, optional
+        At most this many GIF frames, spread evenly over ``frames`` (the first always
+        included); all by default (``report.gif_max_frames`` in the report stage).
     fill : 'median', 'nan', 'zero' or float
         Fill of pixels that enter a shifted frame (as in the align stage), taken from the whole
         raw frame; NaN is shown in magenta.
     duration_ms : int
         Display time of each GIF frame, milliseconds. The animation loops forever.
-    scale : int
-        Nearest-neighbour magnification of every panel.
-    levels : int
-        Grey levels of the shifted panels (2-64). GIF's LZW compresses sky noise poorly, so the
-        file grows quickly with this: 6 keeps the noise texture visible at ~6.5 KB per GIF
-        frame (64 px at scale 2).
+    diff_percentile : float
+        The difference stretch is +- this percentile of ``|order 1 - order 0|`` over all
+        pixels of all frames shown (:func:`difference_limit`).
+    noise_levels : float
+        Grey levels spanned by one sky-noise sigma of the reference (sets the asinh
+        softening, see :func:`starshift.report.stretch.asinh_stretch`).
 
     Returns
     -------
     bytes
-        The GIF. Panels, y increasing upwards (as ds9 / ``origin='lower'``): "order=0" and
-        "order=1" minus the frame's median (its sky: frames of other filters and exposure
-        times have other sky levels), in one linear ZScale stretch computed once from the
-        reference cutout, and
-        "order1 - order0" in one symmetric stretch for the whole animation (+- the 99.9th
-        percentile of |difference| over all frames; blue negative, white zero, red positive).
-        Each GIF frame is labelled with its index, file name and shift; a footer gives the
-        stretches and the centre. Global palette, no timestamps: the same input gives the same
-        bytes.
+        The GIF (layout: :func:`comparison_layout`). y increases upwards (as ds9). Each frame
+        is titled with its file name, index and shift; the panels with what they show; each
+        stretch has a colour bar in ADU; a footer states the area, the sky and the difference
+        stretch's percentile and value.
     """
-    from astropy.visualization import ZScaleInterval
-    from PIL import Image, ImageDraw, ImageFont
-
     if len(frames) == 0:
         raise ValueError("order_comparison_gif: no frames")
     size, scale, levels = int(size), max(1, int(scale)), int(levels)
     if size < 4:
         raise ValueError(f"order_comparison_gif: size={size} is too small")
-    if not 2 <= levels <= 64:
-        raise ValueError(f"order_comparison_gif: levels={levels}: use 2 to 64")
+    if not 2 <= levels <= 256:
+        raise ValueError(f"order_comparison_gif: levels={levels}: use 2 to 256")
+    picked = evenly_spaced(len(frames), max_frames)
+    frames = [frames[i] for i in picked]
+    panels = comparison_panels(frames, center, size, fill)
     x0, y0 = _region(center, size)
 
-    panels = []
-    for name, raw, dx, dy in frames:
-        raw = np.asarray(raw, dtype=float)
-        cval = fill_value(raw, fill)  # of the whole frame, as apply_shift on the frame would
-        sky = cval if isinstance(fill, str) and fill.lower() == "median" else fill_value(raw)
-        p0 = shifted_cutout(raw, dx, dy, x0, y0, size, order=0, cval=cval)
-        p1 = shifted_cutout(raw, dx, dy, x0, y0, size, order=1, cval=cval)
-        # displayed above the frame's median sky, so frames of other filters and exposures
-        # (other sky levels) stay within the one stretch; the difference is unaffected
-        panels.append((str(name), float(dx), float(dy), p0 - sky, p1 - sky, p1 - p0))
+    p0_all = np.concatenate([p0.ravel() for p0, _ in panels])
+    hi = float(np.nanmax(p0_all)) if np.isfinite(p0_all).any() else None
+    stretch = asinh_stretch(panels[0][0], hi=hi, noise_levels=noise_levels)
+    dlim = difference_limit([p1 - p0 for p0, p1 in panels], diff_percentile)
+    any_nan = any(not np.isfinite(p).all() for pair in panels for p in pair)
+    colors = palette(255 if any_nan else 256, [NODATA_RGB] if any_nan else [])
+    n_grey, nodata = (255, 255) if any_nan else (256, 0)
 
-    ref = panels[0][3]
-    finite = ref[np.isfinite(ref)]
-    vmin, vmax = ZScaleInterval().get_limits(finite) if finite.size else (0.0, 1.0)
-    diffs = np.concatenate([np.abs(p[5][np.isfinite(p[5])]) for p in panels])
-    dlim = float(np.percentile(diffs, DIFF_PERCENTILE)) if diffs.size else 0.0
-    if not dlim > 0:
-        dlim = float(np.max(diffs)) if diffs.size and np.max(diffs) > 0 else 1.0
-
-    font = ImageFont.load_default_imagefont()  # bitmap font: no anti-aliasing, no variation
-    line_h = 12
-    n = len(panels)
-    labels = [f"{i + 1}/{n} {name}  dx={dx:+.2f} dy={dy:+.2f}"
-              + ("  (reference)" if i == 0 else "")
-              for i, (name, dx, dy, *_rest) in enumerate(panels)]
-    footer = (f"zscale {vmin:+.0f}..{vmax:+.0f} ADU above sky   diff +-{dlim:.3g} ADU   "
-              f"center ({x0 + size // 2},{y0 + size // 2})")
-    titles = ("order=0", "order=1", "order1 - order0")
-    side = size * scale
-    text_w = max(int(font.getlength(t)) for t in [*labels, footer, "  ".join(titles)])
-    width = max(3 * side + 4 * _PAD, text_w + 2 * _PAD)
-    height = _PAD + 2 * line_h + side + line_h + _PAD
-    left = (width - (3 * side + 2 * _PAD)) // 2
-    top = _PAD + 2 * line_h
-
-    palette, ui = _palette(levels)
-    bg, text, nodata, dim = ui, ui + 1, ui + 2, ui + 3
+    lay = comparison_layout(size, scale)
+    ramp = np.linspace(0.0, 1.0, lay.side)
+    bar_a = grey_index(ramp, levels, n_grey)
+    # an odd number of difference levels: 0 ADU is exactly mid-grey, and noise far below the
+    # stretch shows as flat grey (not as a random choice between the two greys around 0.5)
+    dlevels = levels - 1 + levels % 2
+    bar_d = grey_index(ramp, dlevels, n_grey)
+    ticks_d = [(0.5 + 0.5 * v / dlim, f"{v:+.3g}" if v else "0")
+               for v in (-dlim, -dlim / 2, 0.0, dlim / 2, dlim)]
+    n = len(frames)
+    footer = (f"{size} x {size} px around ({x0 + size // 2}, {y0 + size // 2}) in reference "
+              f"pixels, shown {scale}x; y up; sky = each frame's median"
+              + ("; magenta = no data" if any_nan else ""))
+    footer2 = (f"difference stretch +-{dlim:.3g} ADU = {diff_percentile:g}th percentile of "
+               f"|order 1 - order 0| over the {n} frames shown; panels 1-2: asinh, one "
+               "stretch for all frames")
     images = []
-    for label, (_name, _dx, _dy, p0, p1, diff) in zip(labels, panels, strict=True):
-        canvas = np.full((height, width), bg, dtype=np.uint8)
-        tiles = (_to_index(p0, vmin, vmax, levels, 0, nodata),
-                 _to_index(p1, vmin, vmax, levels, 0, nodata),
-                 _to_index(diff, -dlim, dlim, N_DIFF, levels, nodata))
-        for k, tile in enumerate(tiles):
-            big = np.repeat(np.repeat(tile[::-1], scale, axis=0), scale, axis=1)  # y up
-            xs = left + k * (side + _PAD)
-            canvas[top: top + side, xs: xs + side] = big
-        im = Image.fromarray(canvas)  # mode "L"; putpalette turns it into "P"
-        im.putpalette(palette)
-        draw = ImageDraw.Draw(im)
-        draw.text((_PAD, _PAD), label, fill=text, font=font)
-        for k, title in enumerate(titles):
-            draw.text((left + k * (side + _PAD), _PAD + line_h), title, fill=text, font=font)
-        draw.text((_PAD, top + side + 1), footer, fill=dim, font=font)
-        images.append(im)
-
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:],
-                   duration=int(duration_ms), loop=0, optimize=False, disposal=1)
-    return buf.getvalue()
+    for k, ((name, _raw, dx, dy), (p0, p1)) in enumerate(zip(frames, panels, strict=True)):
+        cv = Canvas(lay.width, lay.height, colors)
+        ref = "  (reference)" if picked[k] == 0 else ""
+        cv.text(lay.panels[0][0], 8, f"{name}{ref}", size=11, weight="bold")
+        cv.text(lay.width - 14, 8, f"frame {k + 1}/{n}", size=10, ha="right", color=DIM)
+        cv.text(lay.panels[0][0], 28,
+                f"shift onto the reference: dx {dx:+.2f}, dy {dy:+.2f} px   "
+                f"(order 0 moves it by {round(dx):+d}, {round(dy):+d} px)", size=9)
+        titles = ("order 0 (whole-pixel shift)", "order 1 (bilinear)",
+                  "difference (order 1 - order 0)")
+        tiles = (grey_index(stretch(p0), levels, n_grey, nodata),
+                 grey_index(stretch(p1), levels, n_grey, nodata),
+                 grey_index(0.5 + 0.5 * np.clip((p1 - p0) / dlim, -1.0, 1.0), dlevels, n_grey,
+                            nodata))
+        for (px, py), title, tile in zip(lay.panels, titles, tiles, strict=True):
+            cv.text(px, py - 16, title, size=9)
+            cv.axes(px - 1, py - 1, lay.side + 2, lay.side + 2)
+            cv.paste(px, py, magnify(tile, scale))
+        (bx1, by1), (bx2, by2) = lay.bars
+        cv.colorbar(bx1, by1, lay.bar_w, lay.side, bar_a, asinh_ticks(stretch),
+                    "ADU above sky (asinh)")
+        cv.colorbar(bx2, by2, lay.bar_w, lay.side, bar_d, ticks_d, "ADU (linear)")
+        cv.text(lay.panels[0][0], lay.panels[0][1] + lay.side + 8, footer, size=8, color=DIM)
+        cv.text(lay.panels[0][0], lay.panels[0][1] + lay.side + 24, footer2, size=8,
+                color=DIM)
+        images.append(cv.image())
+    return save_gif(images, duration_ms)

@@ -35,14 +35,15 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _png(fig) -> bytes:
-    """The figure as a palette PNG: no metadata (no Software/version, no time), deterministic."""
+def _png(fig, colors: int = 256) -> bytes:
+    """The figure as a palette PNG of at most ``colors`` colours: no metadata (no
+    Software/version, no time), deterministic."""
     from PIL import Image
 
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())
     image = Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
-    image = image.quantize(colors=256, method=Image.Quantize.MAXCOVERAGE,
+    image = image.quantize(colors=colors, method=Image.Quantize.MAXCOVERAGE,
                            dither=Image.Dither.NONE)
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
@@ -92,8 +93,9 @@ def _status_color(status) -> str:
 def _plot_pairs(ax, x, vx, vy, colors, lim: float) -> list[int]:
     """dx (circles) and dy (triangles) per frame in their status colours, on [-lim, lim].
 
-    Values beyond the axis are drawn at its edge with their value written beside them; frames
-    whose values are NaN are crosses at the bottom edge. Returns the indices of those frames.
+    Values beyond the axis are drawn at its edge with their value written beside them. A frame
+    without a value (failed, or not measured: NaN) is a gap, marked by a faint band of its
+    status colour across the axes, never a point at 0. Returns the indices of those frames.
     """
     vx, vy = np.asarray(vx, float), np.asarray(vy, float)
     edge = 0.96 * lim
@@ -109,21 +111,21 @@ def _plot_pairs(ax, x, vx, vy, colors, lim: float) -> list[int]:
                         textcoords="offset points", fontsize=6, va="center",
                         color=colors[i])
     missing = np.flatnonzero(~(np.isfinite(vx) & np.isfinite(vy)))
-    if missing.size:
-        ax.scatter(x[missing], np.full(missing.size, -lim), c=colors[missing], marker="x",
-                   s=22, linewidths=1.2, zorder=3, clip_on=False)
+    for i in missing:
+        ax.axvspan(x[i] - 0.4, x[i] + 0.4, color=colors[i], alpha=0.18, lw=0, zorder=0)
     return missing.tolist()
 
 
 def _legend(ax, statuses, with_missing: bool, missing_label: str) -> None:
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     handles = [Line2D([], [], ls="", marker="o", color="0.3", label="dx"),
                Line2D([], [], ls="", marker="^", mfc="none", color="0.3", label="dy")]
     for s in statuses:
         handles.append(Line2D([], [], ls="", marker="s", color=_status_color(s), label=s))
     if with_missing:
-        handles.append(Line2D([], [], ls="", marker="x", color="0.3", label=missing_label))
+        handles.append(Patch(color="0.3", alpha=0.18, label=missing_label))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
 
@@ -143,7 +145,17 @@ def _limit_band(ax, ylim: float, max_residual: float) -> None:
 
 
 def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = "") -> bytes:
-    """PNG of the residual ("new shift") per frame, coloured by status.
+    """PNG of the residual ("new shift") per frame, coloured by status
+    (:func:`residual_figure`, rendered).
+
+    Parameters and figure: those of :func:`residual_figure`.
+    """
+    with _rc():
+        return _png(residual_figure(diag, max_residual, title))
+
+
+def residual_figure(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""):
+    """The residual ("new shift") per frame, coloured by status: a matplotlib Figure.
 
     Parameters
     ----------
@@ -159,9 +171,10 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
 
     Returns
     -------
-    bytes
-        PNG. Circles are dx, open triangles dy, colours the status (kept / rejected / failed);
-        frames without a residual (failed, or not re-measured) are crosses at the bottom edge.
+    matplotlib.figure.Figure
+        Circles are dx, open triangles dy, colours the status (kept / rejected / failed);
+        frames without a residual (failed, or not re-measured) are gaps, marked by a faint band
+        of their status colour.
     """
     n = len(diag)
     labels = [str(f) for f in diag[C.FILE]] if C.FILE in diag else [str(i) for i in range(n)]
@@ -185,9 +198,9 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
         ax.set_ylabel("new shift (px)")
         ax.grid(axis="y", color="0.92", lw=0.5)
         counts = ", ".join(f"{(status == s).sum()} {s}" for s in present)
-        ax.set_title(f"{title + ': ' if title else ''}residual after shifting "
+        ax.set_title(f"{title + ': ' if title else ''}residual after shifting\n"
                      f"(limit +-{max_residual:g} px; {counts})")
-        _legend(ax, present, bool(missing), "no residual")
+        _legend(ax, present, bool(missing), "no value (gap)")
         if truth:
             ax2 = axes[1]
             ex = diag[C.DX].to_numpy(float) - diag[C.TRUE_DX].to_numpy(float)
@@ -202,9 +215,9 @@ def residual_plot(diag: pd.DataFrame, max_residual: float = 0.5, title: str = ""
             ax2.set_ylabel("estimate - truth (px)")
             ax2.grid(axis="y", color="0.92", lw=0.5)
             ax2.set_title("estimated shift minus true shift")
-            _legend(ax2, present, bool(miss2), "no estimate")
+            _legend(ax2, present, bool(miss2), "no estimate (gap)")
         _frame_axis(axes[-1], labels)
-        return _png(fig)
+        return fig
 
 
 def _order_columns(phot: pd.DataFrame) -> list[int]:
@@ -264,6 +277,7 @@ def flux_change_plot(phot: pd.DataFrame, title: str = "") -> bytes:
         ax.set_xticks(range(len(orders)))
         ax.set_xticklabels([f"order={o}" for o in orders])
         ax.set_xlim(-0.6, len(orders) - 0.4)
+        ax.set_xlabel("interpolation order of the shift")
         ax.set_ylabel("flux after / before - 1 (%)")
         ax.grid(axis="y", color="0.92", lw=0.5)
         n_frames = phot["file"].nunique() if "file" in phot else 1
@@ -273,11 +287,13 @@ def flux_change_plot(phot: pd.DataFrame, title: str = "") -> bytes:
         return _png(fig)
 
 
-def sweep_plot(summary: pd.DataFrame) -> bytes:
+def sweep_plot(summary: pd.DataFrame, title: str = "") -> bytes:
     """PNG of a sweep: frames kept / rejected / failed per job, and residual RMS / max per job
     (plus RMS error against truth when known). ``summary`` is ``sweep_summary.csv``'s table
     (columns ``overrides`` or ``job``, ``kept``, ``rejected``, ``failed``, ``rms_residual``,
-    ``max_residual``, optionally ``rms_error``)."""
+    ``max_residual``, optionally ``rms_error`` and ``error``); ``title`` names the night (or
+    sweep). A job that failed (an ``error``, no values) is a gap with a faint red band, not a
+    point at 0."""
     df = summary.reset_index(drop=True)
     n = len(df)
     if "overrides" in df:
@@ -303,7 +319,7 @@ def sweep_plot(summary: pd.DataFrame) -> bytes:
             bottom += v
         ax1.set_ylabel("frames")
         ax1.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-        ax1.set_title("frames per job")
+        ax1.set_title(f"{title + ': ' if title else ''}frames per job")
         for name, marker, color in (("rms_residual", "o", "#1f77b4"),
                                     ("max_residual", "^", "#ff7f0e"),
                                     ("rms_error", "s", "#2ca02c")):
@@ -312,10 +328,12 @@ def sweep_plot(summary: pd.DataFrame) -> bytes:
                 ax2.scatter(x, v, marker=marker, color=color, label=name, s=20, zorder=3)
         if "error" in df:
             bad = np.flatnonzero(df["error"].notna().to_numpy() & (df["error"] != ""))
-            if bad.size:
-                ax2.scatter(x[bad], np.zeros(bad.size), marker="x", color="#d62728", s=30,
-                            label="job error", zorder=3)
-        ax2.set_ylabel("px")
+            for k, i in enumerate(bad):
+                for ax in (ax1, ax2):
+                    ax.axvspan(x[i] - 0.4, x[i] + 0.4, color=STATUS_COLORS[C.FAILED],
+                               alpha=0.15, lw=0, zorder=0,
+                               label="job error (no values)" if k == 0 and ax is ax2 else None)
+        ax2.set_ylabel("new shift / error (px)")
         ax2.set_ylim(bottom=0)
         ax2.grid(axis="y", color="0.92", lw=0.5)
         ax2.set_title("new shift (kept frames) and error against truth")
@@ -324,4 +342,5 @@ def sweep_plot(summary: pd.DataFrame) -> bytes:
         ax2.set_xticks(x)
         ax2.set_xticklabels(labels, rotation=90, fontsize=6)
         ax2.set_xlim(-0.6, n - 0.4)
+        ax2.set_xlabel("job (overrides)")
         return _png(fig)
