@@ -328,7 +328,9 @@ def test_forced_lists_failed_frames_and_remeasure():
     by = night.set_index(C.FILE).index
     status, reason = dec.status.set_axis(by), dec.reason.set_axis(by)
     assert (status["f001.fit"], reason["f001.fit"]) == (C.REJECTED, "listed in bad_frames")
-    assert (status["f003.fit"], reason["f003.fit"]) == (C.FAILED, "star not found")
+    # the observer's bad_frames wins over a failure too, and the reason keeps both
+    assert (status["f003.fit"], reason["f003.fit"]) == (
+        C.REJECTED, "listed in bad_frames; its shift could not be measured: star not found")
     assert status["clouded.fit"] == C.KEPT
     assert reason["clouded.fit"].startswith("kept by keep_frames (would be rejected: ")
     assert "transparency 0.15" in reason["clouded.fit"]

@@ -435,7 +435,8 @@ def night_rules(metrics: pd.DataFrame, limits: QualityLimits | None = None,
     forced_keep : iterable of str
         File names kept whatever their metrics; the reason says what they would have been
         rejected for ("kept by keep_frames (would be rejected: ...)"). A file in both lists is
-        rejected; a failed frame stays failed.
+        rejected; a failed frame stays failed unless it is in ``forced_bad`` (then rejected,
+        the reason saying both).
 
     Returns
     -------
@@ -493,10 +494,13 @@ def night_rules(metrics: pd.DataFrame, limits: QualityLimits | None = None,
     status = np.full(n, C.KEPT, dtype=object)
     reason = np.full(n, "", dtype=object)
     for i, why in enumerate("; ".join(r) for r in reasons):
-        if failed[i]:
+        if is_bad[i]:  # the observer's word wins; what the measurement says is kept with it
+            status[i] = C.REJECTED
+            reason[i] = ("listed in bad_frames"
+                         + (f"; its shift could not be measured: {reason_in[i]}" if failed[i]
+                            else f" (the rules agree: {why})" if why else ""))
+        elif failed[i]:
             status[i], reason[i] = C.FAILED, reason_in[i]
-        elif is_bad[i]:
-            status[i], reason[i] = C.REJECTED, "listed in bad_frames"
         elif files[i] in keep_set:
             reason[i] = f"kept by keep_frames (would be rejected: {why})" if why else ""
         elif why:
