@@ -614,6 +614,200 @@ def test_auto_config_mirrors_the_registration_params():
     assert ref.n_stars == 12 and frame.min_stars == 5
 
 
+# --------------------------------------------------------------------------- stars of any size
+BROAD = (300, 400)
+
+
+def banding_and_hot_pixels(seed, shape=BROAD, sigma=12.0, n_hot=300):
+    """Per-row offsets of 1.5 noise sigmas (``sigma``: the frames' pixel noise) and hot pixels,
+    different in every frame (a CMOS-like read-out)."""
+    rng = np.random.default_rng(seed)
+    pat = rng.normal(0, 1.5 * sigma, (shape[0], 1)) + np.zeros(shape)
+    pat.reshape(-1)[rng.choice(pat.size, n_hot, replace=False)] += 10 ** rng.uniform(2, 4, n_hot)
+    return pat
+
+
+def broad_frame(sky, dx=0.0, dy=0.0, fwhm=9.0, seed=0, donut=False):
+    """A frame of faint broad stars (peak S/N ~6-15 per pixel at FWHM 9), banded, hot pixels;
+    ``donut``: defocused stars, a disc less the central obstruction's shadow (the centre at
+    ~0.4 of the ring)."""
+    if not donut:
+        return render(sky, dx, dy, shape=BROAD, fwhm=fwhm, seed=seed,
+                      pattern=banding_and_hot_pixels(seed))
+    x, y, f = sky
+    quiet = {"shape": BROAD, "sky": 0.0, "noise": 0.0, "gain": 1e12}
+    light = (render((x, y, 1.25 * f), dx, dy, fwhm=fwhm, **quiet)
+             - render((x, y, 0.25 * f), dx, dy, fwhm=fwhm / 2, **quiet) + 200.0)
+    rng = np.random.default_rng(seed)
+    return (rng.poisson(np.clip(light, 0, None) * 2.0) / 2.0 + rng.normal(0, 6.0, BROAD)
+            + banding_and_hot_pixels(seed))
+
+
+@pytest.mark.parametrize("donut", [False, True])
+def test_faint_broad_stars_are_found_and_measured(donut):
+    # the 1 px detection found no isolated star in the defocused frames (every star a ring of
+    # local maxima) and only a few in the broad ones: the correlation fallback was used
+    sky = sky_field(45, seed=31, shape=BROAD, margin=20, flux=(5e3, 1.5e4))
+    prep = prepare_reference(broad_frame(sky, seed=3100, donut=donut))
+    assert prep.n_catalogue >= 10
+    assert 8.0 < prep.fwhm < 12.5
+    rng = np.random.default_rng(32)
+    errors, sigmas = [], []
+    for i in range(5):
+        dx, dy = rng.uniform(-8, 8, 2)
+        est = estimate_shift(prep, broad_frame(sky, dx, dy, 9.0 * rng.uniform(0.95, 1.05),
+                                               seed=3101 + i, donut=donut))
+        assert est.ok and est.method == "stars" and est.n_stars >= 10, est
+        errors.append((est.dx - dx, est.dy - dy))
+        sigmas.append((est.sigma_dx, est.sigma_dy))
+    errors, sigmas = np.array(errors), np.array(sigmas)
+    assert np.abs(errors).max() < 0.3
+    assert np.all(np.abs(errors) < 3.5 * sigmas) and np.all(sigmas < 0.15)
+
+
+@pytest.mark.parametrize("fwhm", [1.5, 3.0, 6.0, 12.0])
+def test_star_fwhm_from_sharp_to_broad(fwhm):
+    # sparser fields for broader stars (isolated over 3 FWHM), fluxes for a peak S/N ~20-60
+    n = int(np.clip(90 * (3.0 / fwhm) ** 2, 20, 90))
+    scale = (fwhm / 3.2) ** 2
+    sky = sky_field(n, seed=33, shape=BROAD, margin=20, flux=(8e3 * scale, 2.5e4 * scale))
+    prep = prepare_reference(render(sky, shape=BROAD, fwhm=fwhm, seed=3300))
+    assert prep.n_catalogue >= 8
+    assert prep.fwhm == pytest.approx(fwhm, rel=0.3)
+    for i, (dx, dy) in enumerate([(3.4, -2.7), (-10.2, 6.6)]):
+        est = estimate_shift(prep, render(sky, dx, dy, shape=BROAD, fwhm=fwhm, seed=3301 + i))
+        assert est.ok and est.method == "stars", est
+        assert err(est, dx, dy) < 0.1
+        assert abs(est.dx - dx) < 4 * est.sigma_dx and abs(est.dy - dy) < 4 * est.sigma_dy
+
+
+def test_ordinary_frames_keep_the_1px_detection(field, reference, monkeypatch):
+    import starshift.registration._sources as sources
+
+    scales = []
+    find = sources._find_sources
+
+    def spy(*args, **kwargs):
+        scales.append(kwargs.get("scale", 0.0))
+        return find(*args, **kwargs)
+
+    monkeypatch.setattr(sources, "_find_sources", spy)
+    prep = prepare_reference(reference)
+    assert scales == [0.0] and prep.fwhm < 5.0 and prep.n_catalogue >= 10
+
+
+# --------------------------------------------------------------------------- meridian flip
+def test_meridian_flip_is_found_and_measured(field, prepared):
+    dx, dy = 6.4, -3.7
+    frame = render(field, dx, dy, seed=40)
+    est = estimate_shift(prepared, np.rot90(frame, 2))
+    assert est.ok and est.flipped and est.method == "stars", est.reason
+    assert err(est, dx, dy) < 0.05
+    # the shift and the matches are those of the frame rotated back (an exact permutation)
+    assert est == dataclasses.replace(estimate_shift(prepared, frame), flipped=True)
+    # with NaN pixels and as an integer array too
+    holed = np.rot90(frame, 2).copy()
+    holed[::17, ::13] = np.nan
+    assert estimate_shift(prepared, holed).flipped
+    assert estimate_shift(prepared, np.rot90(np.rint(frame).astype(np.int32), 2)).flipped
+    # not looked for when switched off
+    off = estimate_shift(prepared, np.rot90(frame, 2), detect_flip=False)
+    assert not off.ok and not off.flipped and "no match" in off.reason
+
+
+def test_flip_is_only_tried_when_the_frame_does_not_match(field, prepared, monkeypatch):
+    import starshift.registration._reference as impl
+
+    calls = []
+    match = impl._coarse_match
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].shape)
+        return match(*args, **kwargs)
+
+    monkeypatch.setattr(impl, "_coarse_match", spy)
+    est = estimate_shift(prepared, render(field, 2.5, 1.5, seed=41))
+    assert est.ok and not est.flipped and len(calls) == 1  # matched: nothing more
+    other = estimate_shift(prepared, render(sky_field(90, seed=99), seed=13))
+    assert not other.ok and not other.flipped and len(calls) == 3  # failed, rotated: failed
+    assert "no match" in other.reason
+
+
+def test_other_field_rotated_still_fails(prepared):
+    est = estimate_shift(prepared, np.rot90(render(sky_field(90, seed=98), 3.0, 2.0, seed=42), 2))
+    assert not est.ok and not est.flipped and est.reason
+
+
+# --------------------------------------------------------------------------- honest sigma
+def test_sigma_covers_a_change_of_psf_asymmetry(field, prepared):
+    # every star of the frame has a companion 3 px away in x with a quarter of its light (a
+    # tracking jump): the shift of its core and of its light differ by 0.75 px, and the
+    # centroid moves with the window between them
+    x, y, f = field
+    dx, dy = 3.3, -2.2
+    frame = (render((x, y, 0.75 * f), dx, dy, seed=43)
+             + render((x + 3.0, y, 0.25 * f), dx, dy, sky=0.0, noise=0.0, gain=1e12))
+    est = estimate_shift(prepared, frame)
+    clean = estimate_shift(prepared, render(field, dx, dy, seed=43))
+    assert est.ok and clean.ok
+    assert est.sigma_dx > 10 * clean.sigma_dx and est.sigma_dx < 0.25
+    assert abs(est.dx - dx) < 3.5 * est.sigma_dx  # the core's shift
+    assert abs(est.dx - (dx - 0.75)) < 3.5 * est.sigma_dx  # the light's
+    assert est.sigma_dy < 0.02 and abs(est.dy - dy) < 0.05  # nothing changed along y
+
+
+@pytest.mark.parametrize("angle", [0.1, 0.3])
+def test_sigma_covers_a_field_rotation(field, prepared, angle):
+    # the frame turned by ``angle`` deg about its centre: no single shift holds everywhere; the
+    # shift at the centre is (dx, dy), the stars' mean offset depends on where they are
+    ny, nx = SHAPE
+    cx, cy = (nx - 1) / 2, (ny - 1) / 2
+    t = np.radians(angle)
+    x, y, f = field
+    turned = (cx + np.cos(t) * (x - cx) - np.sin(t) * (y - cy),
+              cy + np.sin(t) * (x - cx) + np.cos(t) * (y - cy), f)
+    dx, dy = 4.2, -1.7
+    est = estimate_shift(prepared, render(turned, dx, dy, seed=44))
+    assert est.ok and est.method == "stars"
+    assert abs(est.dx - dx) < 2 * est.sigma_dx and abs(est.dy - dy) < 2 * est.sigma_dy
+    # the field's spread over the matched stars, divided by their number, is the scale
+    spread = t * np.hypot(np.std(est.matches.ref_x), np.std(est.matches.ref_y))
+    assert 0.3 * spread / np.sqrt(est.n_stars) < est.sigma_dx < 2.0 * spread
+
+
+def test_window_systematic_is_zero_unless_significant():
+    from starshift.registration._combine import _window_systematic
+
+    rng = np.random.default_rng(45)
+    var = np.full((2, 30), 0.01**2)
+    noise = rng.normal(0, 0.01, (2, 30))
+    assert np.all(_window_systematic(noise, var) == 0)
+    shifted = noise + np.array([[0.2], [0.0]])
+    assert _window_systematic(shifted, var) == pytest.approx([0.1, 0.0], abs=0.005)
+    assert np.all(_window_systematic(shifted[:, :2], var[:, :2]) == 0)  # too few stars
+    var[:, :5] = np.inf  # no wide centroid for these
+    assert _window_systematic(shifted, var)[0] == pytest.approx(0.1, abs=0.005)
+
+
+def test_field_systematic_of_a_similarity_field():
+    from starshift.registration._combine import _field_systematic
+
+    rng = np.random.default_rng(46)
+    xy = rng.uniform(0, 300, (25, 2))
+    var = np.full((2, 25), 0.01**2)
+    noise = rng.normal(0, 0.01, (2, 25))
+    centre = np.array([150.0, 150.0])
+    assert np.all(_field_systematic(noise + 0.3, var, xy, centre) == 0)  # a pure shift
+    t = 1e-3  # a rotation about (0, 0): offsets G p
+    d = np.stack([-t * xy[:, 1], t * xy[:, 0]]) + noise
+    sys = _field_systematic(d, var, xy, centre)
+    mean = xy.mean(axis=0)
+    at_centre = np.array([-t * (centre[1] - mean[1]), t * (centre[0] - mean[0])])
+    spread = t * np.std(xy[:, ::-1], axis=0) / np.sqrt(25)
+    assert sys == pytest.approx(np.hypot(at_centre, spread), rel=0.05)
+    assert np.all(_field_systematic(d[:, :5], var[:, :5], xy[:5], centre) == 0)  # too few
+
+
 # --------------------------------------------------------------------------- star matches
 def test_matches_are_the_stars_behind_the_estimate(field, prepared):
     dx, dy = 7.3, -4.6

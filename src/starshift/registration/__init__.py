@@ -56,6 +56,17 @@ and have an NCC of at least ``min_similarity``, else the frame is reported faile
 nothing to match). The coarse shift is good to well under ``coarse_bin`` pixels (within 0.7 px
 on the sample nights), and the star search below allows ``max(4, coarse_bin)``.
 
+**Stars of any size.** The reference's sources are detected on the frame smoothed by a 1 px
+Gaussian, which suits sharp stars; when the FWHM measured from them is 5 px or more, or they
+give fewer than 10 usable stars, detection is repeated with a Gaussian matched to the stars'
+FWHM (after a 2 x 2 grey opening that removes hot pixels and cosmic rays), its width from that
+first estimate and refined once from what it finds: a broad star (a faint one, or a defocused
+ring with a dark centre) is then one smooth peak, found well below a peak S/N of 5 per pixel
+(its matched-filter S/N is ~7 times its peak S/N per pixel at FWHM 9 px). Everything
+downstream follows the measured FWHM: the centroid window, the cutouts, the isolation radius
+and, from FWHM 6 px, a box of about half the FWHM (not 3 x 3) to locate each star before
+centroiding it.
+
 **Fine.** The reference's brightest unsaturated, isolated, star-shaped sources (prepared once)
 are looked for within ``search_radius`` of where the coarse shift puts them, in cutouts from
 which the frame's row and column patterns (robust medians at full resolution, from a subsample
@@ -72,6 +83,25 @@ full-resolution frame by direct correlation with stamps of the reference's sourc
 Gaussian peak interpolation), with an uncertainty propagated from the pixel noise of both
 images.
 
+**Systematics.** Two things make the shift of a pair of real frames less well defined than
+the stars' noise says, and the ``'stars'`` uncertainty includes both, in quadrature, when the
+stars show them significantly (else they add nothing):
+
+* a PSF whose asymmetry changes between the images (coma, tracking, focus, a core
+  undersampled by the pixels): every centroid definition then gives another shift. The stars
+  are centroided again with a window twice as wide; half the significant mean change of their
+  offsets is added.
+* a field rotation or scale change: the offsets vary linearly over the field, and their mean is
+  the shift at the stars' mean position, not at the frame's centre. A similarity transform is
+  fitted to the offsets; when its rotation/scale is significant (3 sigma), the difference
+  between the shift at the centre and at the stars' mean position, and the field's spread over
+  the stars divided by their effective number, are added.
+
+**Meridian flip.** A frame that does not match (or matches only weakly, similarity below
+0.5) is tried rotated by 180 deg, an exact pixel permutation (``detect_flip``); if that matches
+clearly better, the estimate is that of ``np.rot90(frame, 2)``, with ``flipped=True``. Frames
+that match normally cost nothing more.
+
 Everything expensive about the reference is done once by :func:`prepare_reference`. Per frame,
 the full-resolution pixels are read by one pass (the 2 x 2 minimum) and a subsample (the row
 and column medians); the rest is one small FFT pair and array arithmetic on a few dozen small
@@ -83,8 +113,9 @@ Modules
 -------
 ``_params``: the parameter dataclasses. ``_clean``: input checks and image cleaning (banding,
 2 x 2 minima, binning, background mesh, saturation). ``_coarse``: the coarse correlation.
-``_sources``: source detection, FWHM and the reference's catalogue. ``_centroid``: cutouts and
-windowed centroids. ``_combine``: combination of the per-star offsets and the error-model fit.
+``_sources``: source detection (1 px or matched filter), FWHM and the reference's catalogue.
+``_centroid``: cutouts and windowed centroids (normal and wide window). ``_combine``:
+combination of the per-star offsets, the error-model fit and the systematics.
 ``_template``: the few-star fallback (full-resolution correlation with source stamps).
 ``_reference``: the entry points. ``_result``: the result types. ``box``: the seed's box.
 """

@@ -31,6 +31,25 @@ def _window_sigma(fwhm: float) -> float:
     return max(0.6, fwhm / FWHM_PER_SIGMA)
 
 
+def _peak_box(fwhm: float) -> int:
+    """Side (odd, pixels) of the box whose sum locates a star of this FWHM before centroiding:
+    3 up to FWHM 6 px, then about half the FWHM (a broad, faint star's brightest 3 x 3 box
+    wanders over its flat top with the noise; a box of half its FWHM does not)."""
+    return 3 if fwhm < 6.0 else 2 * int(fwhm / 4.0 + 0.5) + 1
+
+
+def _reach(fwhm: float) -> float:
+    """How far (pixels) a centroid may lie from the peak box that located it: half the box
+    (1.5 px up to FWHM 6 px)."""
+    return 0.5 * _peak_box(fwhm)
+
+
+def _small_half(fwhm: float) -> int:
+    """Half-size of the cutout a star is centroided in, around its peak box: the window
+    (3.5 sigma) around a centroid up to :func:`_reach` from the box, and one pixel."""
+    return int(math.ceil(3.5 * _window_sigma(fwhm))) + 1 + int(math.ceil(_reach(fwhm) - 1.5))
+
+
 def _windows(a: np.ndarray, size: int) -> np.ndarray:
     """Read-only view of every ``size`` x ``size`` window of the last two axes of ``a``,
     indexed by its corner (leading axes kept)."""
@@ -82,6 +101,16 @@ def _box3(stack: np.ndarray) -> np.ndarray:
     """3x3 box sums of each cutout (valid part: two pixels smaller on each axis)."""
     s = stack[:, :-2, :] + stack[:, 1:-1, :] + stack[:, 2:, :]
     return s[:, :, :-2] + s[:, :, 1:-1] + s[:, :, 2:]
+
+
+def _box_sums(stack: np.ndarray, k: int) -> np.ndarray:
+    """k x k box sums of each cutout (valid part: ``k - 1`` pixels smaller on each axis);
+    :func:`_box3` for k = 3."""
+    if k == 3:
+        return _box3(stack)
+    c = np.zeros((stack.shape[0], stack.shape[1] + 1, stack.shape[2] + 1))
+    np.cumsum(np.cumsum(stack, axis=1, dtype=np.float64), axis=2, out=c[:, 1:, 1:])
+    return (c[:, k:, k:] - c[:, :-k, k:] - c[:, k:, :-k] + c[:, :-k, :-k]).astype(np.float32)
 
 
 def _windowed_centroid(stack: np.ndarray, start: np.ndarray, sig_w: float, noise: np.ndarray,
@@ -251,11 +280,13 @@ def _measure(img: np.ndarray, bands: tuple[np.ndarray, np.ndarray] | None, raw: 
 
     For each position: cut a ``2*half+1`` cutout of ``img`` minus its row and column patterns
     ``bands`` (None: ``img`` is clean already), subtract the median of its border, remove hot
-    pixels, take the brightest 3x3 box within ``search`` px of the prediction (it must exceed
-    ``match_threshold`` noise sigmas and not be saturated in ``raw``, ``sat(raw_peaks)`` giving
-    the saturation level, nor touch ``bad`` pixels), and centroid a small cutout around it with
-    Gaussian-windowed moments. ``p`` gives ``saturation_fraction`` and ``gain``. Positions must
-    lie at least ``half`` px inside the frame (caller's job).
+    pixels, take the brightest box (:func:`_peak_box`: 3 x 3 up to FWHM 6 px) within
+    ``search`` px of the prediction (its sum must exceed ``match_threshold`` noise sigmas, and
+    its centre not be saturated in ``raw``, ``sat(raw_peaks)`` giving the saturation level, nor
+    be near ``bad`` pixels), and centroid a small cutout around it with Gaussian-windowed
+    moments, within :func:`_reach` of it. ``p`` gives ``saturation_fraction`` and ``gain``.
+    Positions must lie at least ``half`` px inside the frame (caller's job; see
+    :func:`~starshift.registration._sources._geometry`).
     """
     n = px.size
     ix = np.rint(px).astype(np.intp)
@@ -270,19 +301,22 @@ def _measure(img: np.ndarray, bands: tuple[np.ndarray, np.ndarray] | None, raw: 
     _despike(stack, noise)
     w = 2 * search + 1
     c0 = half - search  # the search box: stack pixels c0 .. c0 + w - 1 on each axis
-    region = _box3(stack[:, c0 - 1: c0 + w + 1, c0 - 1: c0 + w + 1]).reshape(n, -1)
+    k = _peak_box(fwhm)
+    h = k // 2
+    region = _box_sums(stack[:, c0 - h: c0 + w + h, c0 - h: c0 + w + h], k).reshape(n, -1)
     j = np.argmax(region, axis=1)
     jy = iy + j // w - search
     jx = ix + j % w - search
     bpk = region[np.arange(n), j]
-    ok = bpk > match_threshold * 3.0 * noise
+    ok = bpk > match_threshold * float(k) * noise
     rpk = _windows(raw, 3)[jy - 1, jx - 1].reshape(n, 9).max(axis=1)
     ok &= rpk < p.saturation_fraction * sat(rpk)
     if bad is not None:
         r = int(math.ceil(fwhm)) + 1
         ok &= ~_windows(bad, 2 * r + 1)[jy - r, jx - r].reshape(n, -1).any(axis=1)
     sig_w = _window_sigma(fwhm)
-    hs = int(math.ceil(3.5 * sig_w)) + 1
+    reach = _reach(fwhm)
+    hs = _small_half(fwhm)
     # small cutouts around each peak, taken from the cleaned stack
     small = _windows(stack, 2 * hs + 1)[np.arange(n), jy - iy + half - hs, jx - ix + half - hs]
     # start from the 3x3 moments around the peak (sum, x and y first moments by one product),
@@ -295,10 +329,90 @@ def _measure(img: np.ndarray, bands: tuple[np.ndarray, np.ndarray] | None, raw: 
     np.maximum(start, -0.5, out=start)
     np.minimum(start, 0.5, out=start)
     start += hs
-    xy, err, cok, flux = _windowed_centroid(small, start, sig_w, noise, p.gain, max_offset=1.5)
+    xy, err, cok, flux = _windowed_centroid(small, start, sig_w, noise, p.gain, max_offset=reach)
     ok &= cok
     xy[:, 0] += jx - hs
     xy[:, 1] += jy - hs
     return _Measured(xy, err, flux, ok)
 
 
+
+
+#: The wide window of :func:`_wide_centroids` is this many times the centroid's
+WIDE_WINDOW = 2.0
+
+
+def _wide_centroids(img: np.ndarray, bands: tuple[np.ndarray, np.ndarray] | None,
+                    xy: np.ndarray, fwhm: float, unchecked: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The same stars' centroids with a window ``WIDE_WINDOW`` times wider.
+
+    For a point-symmetric PSF (any width, any ellipticity) both windows find the same centre.
+    For an asymmetric one (coma, tracking errors, a PSF undersampled by the pixels) they do not,
+    and if its asymmetry changes from one image to the other, so does the shift measured: how
+    much the offsets move with the window is how well the shift of such a pair of images is
+    defined at all (see :func:`~starshift.registration._combine._window_systematic`).
+
+    The wide centroid is one Newton step of its window equation (:func:`_windowed_centroid`)
+    from the normal one: it lies within a few tenths of a pixel of it, where one step leaves
+    an error of order ``step**2 / sigma``, below 0.01 px (a few thousandths for the 0.1-0.2 px
+    a changing PSF makes), and both images get the same definition.
+
+    Parameters
+    ----------
+    img : 2-D array
+        The image the stars were centroided in, minus ``bands`` (its row and column patterns;
+        None when it is clean already).
+    xy : (n, 2) array
+        Their (normal-window) centroids, x first.
+    fwhm : float
+        Star FWHM (px) the normal window was made for.
+    unchecked : bool
+        Raise :class:`_NonFinite` when a cutout holds a non-finite pixel.
+
+    Returns
+    -------
+    xy_wide : (n, 2) array
+        The wide-window centroids (NaN where there is none).
+    ok : (n,) bool array
+        Valid: cutout inside ``img``, a safely positive Jacobian, a step of at most 1 px.
+    """
+    n = xy.shape[0]
+    sig = WIDE_WINDOW * _window_sigma(fwhm)
+    half = int(math.ceil(3.0 * sig)) + 2  # the window to 3 sigma around the normal centroid
+    ny, nx = img.shape
+    ix = np.rint(xy[:, 0]).astype(np.intp)
+    iy = np.rint(xy[:, 1]).astype(np.intp)
+    ok = (ix >= half) & (ix < nx - half) & (iy >= half) & (iy < ny - half)
+    out = np.full((n, 2), np.nan)
+    if not ok.any():
+        return out, ok
+    sel = np.nonzero(ok)[0]
+    stack = _cutouts(img, iy[sel], ix[sel], half, bands)
+    if unchecked and not math.isfinite(float(stack.sum())):
+        raise _NonFinite
+    med, noise = _ring_stats(stack)
+    stack -= med[:, None, None]
+    pos = noise[noise > 0]
+    _despike(stack, np.maximum(noise, 0.1 * small_median(pos) if pos.size else 1.0))
+    corner = np.column_stack([ix[sel], iy[sel]]) - half
+    start = xy[sel] - corner
+    # the window moments at the normal centroid (as in _windowed_centroid) and one Newton step
+    k2 = 1.0 / sig**2
+    d = np.arange(2 * half + 1, dtype=np.float64) - start[:, :, None]  # (n, axis, w)
+    wgt = np.exp(-0.5 * k2 * d * d)
+    basis = np.stack([wgt, wgt * d, wgt * d * d], axis=-1)  # (n, axis, w, power)
+    mom = np.matmul(basis[:, 1].transpose(0, 2, 1),
+                    np.matmul(stack.astype(np.float64), basis[:, 0])).reshape(-1, 9)
+    s0, s1, s2, s11 = mom[:, 0], mom[:, [1, 3]], mom[:, [2, 6]], mom[:, 4]
+    der = s0[:, None] - k2 * s2
+    cross = k2 * s11
+    dd = der[:, 0] * der[:, 1]
+    det = dd - cross * cross
+    with np.errstate(divide="ignore", invalid="ignore"):
+        step = (der[:, ::-1] * s1 + cross[:, None] * s1[:, ::-1]) / det[:, None]
+    good = ((der.min(axis=1) > 0.1 * s0) & (det > 0.25 * dd) & (s0 > 0)
+            & (np.abs(step) <= 1.0).all(axis=1))
+    ok[sel] = good
+    out[sel[good]] = (start + step + corner)[good]
+    return out, ok

@@ -8,12 +8,19 @@ restricted maximum likelihood on a grid of ``(b, q, f)`` (weak priors keep ``b``
 near 1, ``f >= sigma_floor``), so the uncertainty of the mean stays honest when the gain is
 unknown or the noise model is off. Offsets are ``reference - frame`` in pixels, (axis, star)
 arrays with x first.
+
+Two systematic terms, added to that uncertainty by the caller, say how well the shift of the
+pair of images is defined at all: :func:`_window_systematic` (the offsets move with the
+centroid's window: a PSF asymmetry that changes) and :func:`_field_systematic` (the offsets
+vary over the field: a rotation or scale change). Both are 0 unless the stars show them
+significantly, so frames that are shifted copies of each other keep the noise-only sigma.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import numpy as np
 
@@ -140,3 +147,98 @@ def _fit_errors(d: np.ndarray, m2: np.ndarray, floor: float) -> tuple[np.ndarray
     ax = np.arange(na)
     return d0 + mean[ax, i], 1.0 / np.sqrt(sw[ax, i])
 
+
+
+def _window_systematic(delta: np.ndarray, var: np.ndarray, min_stars: int = 5) -> np.ndarray:
+    """The systematic error of a shift that moves with the centroid's window, per axis.
+
+    ``delta`` (axis, star) holds each star's offset measured with the wide window minus that
+    with the normal one (NaN: no wide centroid), ``var`` the stars' noise variances (their
+    weights; only their ratios matter). For stars whose PSF is point-symmetric in both images
+    the two agree to the noise; when the PSF's asymmetry changes from one image to the other
+    (coma, tracking, focus, an undersampled core), every centroid definition gives another
+    shift, and the shift of the pair is only defined to about their difference.
+
+    The stars' weighted mean difference ``D`` (one 4-sigma clipping pass) and its error ``s``,
+    from the stars' own scatter, give the systematic ``sqrt(max(0, D**2 - 4 s**2)) / 2``: 0
+    unless the difference is significant (beyond 2 sigma), then about half of it (the shift is
+    taken with the normal window; another reasonable definition, between the two windows or
+    beyond, may well differ by half the distance between them). With fewer than
+    ``min_stars`` stars: 0.
+    """
+    keep = np.isfinite(delta) & np.isfinite(var) & (var > 0)
+    w = np.where(keep, 1.0 / np.where(keep, var, 1.0), 0.0)
+    d = np.where(keep, delta, 0.0)
+    for clip in (True, False):
+        n = keep.sum(axis=1)
+        if n.max() < min_stars:
+            return np.zeros(delta.shape[0])
+        sw = np.maximum(w.sum(axis=1), 1e-300)
+        mean = (w * d).sum(axis=1) / sw
+        # the error of the weighted mean from the scatter (its weights' scale cancels)
+        scale2 = (w * (d - mean[:, None]) ** 2).sum(axis=1) / np.maximum(n - 1, 1)
+        if clip:  # a neighbour in the wide window, a cosmic ray: one 4-sigma clipping pass
+            keep &= (d - mean[:, None]) ** 2 * w <= 16.0 * scale2[:, None]
+            w = np.where(keep, w, 0.0)
+    excess = np.maximum(mean**2 - 4.0 * scale2 / sw, 0.0)
+    return np.where(n >= min_stars, 0.5 * np.sqrt(excess), 0.0)
+
+
+#: A similarity field (rotation, scale) counts when its chi-square for 2 degrees of freedom
+#: exceeds this (3 sigma)
+_FIELD_CHI2 = 11.83
+
+
+def _field_systematic(d: np.ndarray, var: np.ndarray, xy: np.ndarray, centre: np.ndarray,
+                      min_stars: int = 6) -> np.ndarray:
+    """The systematic error of a shift under a field rotation or scale change, per axis.
+
+    When the frame is rotated or rescaled relative to the reference, the stars' offsets ``d``
+    (axis, star; noise variances ``var``) vary linearly over the field and no single shift
+    holds everywhere. The estimate (the stars' weighted mean offset, per axis) is the shift at
+    the stars' weighted mean position, which depends on which stars happen to be used. A
+    similarity transform (shift, rotation and scale: ``d = s + G (p - p0)``, ``G = [[a, -b],
+    [b, a]]``) fitted by weighted least squares to the offsets and reference positions ``xy``
+    ((star, 2)) gives the two parts of that ambiguity, added in quadrature: the difference
+    between the shift at the frame's ``centre`` and at the stars' mean position, and the
+    scatter of the stars' mean position itself (the field's spread over the stars, divided
+    by their effective number).
+
+    Zero unless the rotation/scale is significant (its chi-square, with the parameters'
+    errors scaled by the fit's Birge ratio, above ``_FIELD_CHI2``), or with fewer than
+    ``min_stars`` stars.
+    """
+    n = d.shape[1]
+    out = np.zeros(2)
+    if n < min_stars or not np.all(np.isfinite(var)):
+        return out
+    x0, y0 = xy.mean(axis=0)
+    u, v = xy[:, 0] - x0, xy[:, 1] - y0
+    one, zero = np.ones(n), np.zeros(n)
+    # the design of the x and y offsets (columns: s_x, s_y, a, b), and the normal equations
+    rx = np.stack([one, zero, u, -v])
+    ry = np.stack([zero, one, v, u])
+    wx, wy = 1.0 / var[0], 1.0 / var[1]
+    normal = (rx * wx) @ rx.T + (ry * wy) @ ry.T
+    try:
+        normal_inv = np.linalg.inv(normal)
+    except np.linalg.LinAlgError:
+        return out
+    theta = normal_inv @ ((rx * wx) @ d[0] + (ry * wy) @ d[1])
+    chi2 = float(wx @ (d[0] - theta @ rx) ** 2 + wy @ (d[1] - theta @ ry) ** 2)
+    a, b = theta[2:]
+    cov = normal_inv[2:, 2:] * max(1.0, chi2 / (2 * n - 4))
+    det = cov[0, 0] * cov[1, 1] - cov[0, 1] ** 2
+    if not det > 0:
+        return out
+    # chi-square of (a, b) against 0, with the 2 x 2 inverse written out
+    significance = (cov[1, 1] * a * a - 2.0 * cov[0, 1] * a * b + cov[0, 0] * b * b) / det
+    if not significance > _FIELD_CHI2:
+        return out
+    cu, cv = centre[0] - x0, centre[1] - y0
+    for axis, w, f, fc in ((0, wx, a * u - b * v, a * cu - b * cv),
+                           (1, wy, b * u + a * v, b * cu + a * cv)):
+        w = w / w.sum()
+        mean = float(w @ f)  # the field's part of the estimate (at the stars' mean position)
+        out[axis] = math.sqrt((fc - mean) ** 2 + float(w**2 @ (f - mean) ** 2))
+    return out

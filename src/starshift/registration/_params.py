@@ -107,8 +107,9 @@ class ReferenceParams(_Validated):
     n_stars : int
         Largest number of reference stars used in the fine step (brightest first).
     detect_threshold : float
-        Peak signal-to-noise (in the reference smoothed by a 1 px Gaussian) a catalogue star
-        needs.
+        Peak signal-to-noise a catalogue star needs in the reference smoothed for detection:
+        by a 1 px Gaussian, or, for broad stars (FWHM 5 px or more) and when that finds too few
+        stars, by a Gaussian matched to the stars' FWHM.
     isolation : float
         A catalogue star has no other source brighter than ``blend_ratio`` times its peak within
         this many FWHM.
@@ -174,6 +175,11 @@ class FrameParams(_Validated):
         Smallest normalised cross-correlation of the cleaned images over their overlap at the
         chosen shift (1 = identical; unrelated fields give ~0.05-0.25, true matches on the
         sample nights 0.69-0.97), else the frame is reported failed.
+    detect_flip : bool
+        When the frame does not match as it is (or only weakly, similarity below 0.5), try it
+        rotated by 180 deg (``np.rot90(frame, 2)``: a German-equatorial mount's meridian flip);
+        if that matches (clearly better), the estimate is of the rotated frame, with
+        ``flipped=True``. Frames that match normally cost nothing more.
     search_radius : float
         How far (pixels) from its coarse position a star is looked for; 0 picks
         ``max(4, coarse_bin)`` (the coarse shift is good to well under ``coarse_bin``).
@@ -199,6 +205,7 @@ class FrameParams(_Validated):
 
     min_significance: float = 7.0
     min_similarity: float = 0.35
+    detect_flip: bool = True
     search_radius: float = 0.0
     match_threshold: float = 5.0
     min_stars: int = 3

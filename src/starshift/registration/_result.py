@@ -29,8 +29,9 @@ class StarMatches:
         Centroids in the reference, in the reference's pixel coordinates.
     x, y : ndarray of float
         Centroids of the same stars in the frame, in the frame's pixel coordinates (the array
-        as passed to :func:`~starshift.registration.estimate_shift`). Both are 0-based, x
-        first (the column), pixel centres at integers: ``ref_x - x`` is each star's ``dx``.
+        as passed to :func:`~starshift.registration.estimate_shift`, or ``np.rot90(frame, 2)``
+        when the estimate is ``flipped``). Both are 0-based, x first (the column), pixel
+        centres at integers: ``ref_x - x`` is each star's ``dx``.
     ref_flux, flux : ndarray of float
         Each star's flux above its local background in the reference and in the frame, in the
         images' data units: the sum of the background-subtracted pixels weighted by the
@@ -88,7 +89,9 @@ class ShiftEstimate:
         Shift that moves the frame onto the reference (``reference - frame``), x first, pixels.
         ``nan`` when failed.
     sigma_dx, sigma_dy : float
-        1-sigma uncertainties of ``dx`` and ``dy`` in pixels (``nan`` when failed).
+        1-sigma uncertainties of ``dx`` and ``dy`` in pixels (``nan`` when failed); for the
+        ``'stars'`` method, the stars' noise and the systematics they show (a changing PSF
+        asymmetry, a field rotation or scale change; see :mod:`starshift.registration`).
     n_stars : int
         Number of stars used in the fine step (0 for correlation-only or failed).
     method : str
@@ -99,6 +102,10 @@ class ShiftEstimate:
         ``''`` when ok, otherwise one short sentence saying why it failed.
     matches : StarMatches or None
         For the ``'stars'`` method, the stars behind the estimate; None otherwise.
+    flipped : bool
+        True when the frame only matched rotated by 180 deg (a German-equatorial mount's
+        meridian flip): ``dx, dy`` then move ``np.rot90(frame, 2)`` onto the reference, and the
+        ``matches`` positions ``x, y`` are in that rotated frame.
     """
 
     dx: float
@@ -110,6 +117,7 @@ class ShiftEstimate:
     ok: bool
     reason: str = ""
     matches: StarMatches | None = None
+    flipped: bool = False
 
 
 def _failed(reason: str) -> ShiftEstimate:

@@ -1,10 +1,16 @@
-"""Sources and the reference's star catalogue.
+"""Sources and the reference's star catalogue, for stars of any size.
 
-:func:`_find_sources` lists the local maxima of a banding-free image (smoothed by a 1 px
-Gaussian, smooth background removed) with their peak, signal-to-noise, FWHM and sharpness,
-each against the local background; :func:`_estimate_fwhm` gives the frame's star FWHM from
-them; :func:`_catalogue` picks the reference's brightest unsaturated, isolated, star-shaped
-sources and centroids them once (:class:`_Catalogue`), for the fine step of every frame.
+:func:`_find_sources` lists the local maxima of a banding-free image with their peak,
+signal-to-noise, FWHM and sharpness, each against the local background, at one of two
+detection scales: a 1 px Gaussian (sharp stars, and ordinary nights as they always were), or,
+for broad stars, a Gaussian matched to their FWHM (after a 2 x 2 grey opening removes hot
+pixels and cosmic rays, which the broad filter would otherwise spread into star-like blobs).
+:func:`_estimate_fwhm` gives the frame's star FWHM from them; :func:`_detect` chooses the
+scale: the 1 px one, unless its FWHM estimate says the stars are broad (``BROAD_FWHM``) or it
+finds too few usable stars, when the matched filter is tried, its width from that first FWHM
+estimate (or from a few guesses when there was none) and refined once from what it finds.
+:func:`_catalogue` picks the reference's brightest unsaturated, isolated, star-shaped sources
+and centroids them once (:class:`_Catalogue`), for the fine step of every frame.
 :func:`_geometry` sizes the fine step's cutouts for a FWHM and search radius.
 
 Positions are (x, y) reference pixels, 0-based, pixel centres at integers.
@@ -12,27 +18,54 @@ Positions are (x, y) reference pixels, 0-based, pixel centres at integers.
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from .._stats import mad_sigma, sampled_median
-from ._centroid import _cutouts, _measure, _ring_stats, _window_sigma
-from ._clean import _mesh_expand, _mesh_grid, _saturation_level
+from .._stats import FWHM_PER_SIGMA, mad_sigma, sampled_median
+from ._centroid import (
+    _cutouts,
+    _measure,
+    _reach,
+    _ring_stats,
+    _small_half,
+    _wide_centroids,
+    _window_sigma,
+)
+from ._clean import _erode2, _mesh_expand, _mesh_grid, _saturation_level
 from ._params import FrameParams, ReferenceParams
+
+log = logging.getLogger(__name__)
+
+#: Stars of at least this FWHM (px) are detected with a filter matched to them: the 1 px
+#: Gaussian keeps only ~77 % of the matched filter's signal-to-noise at 5 px, ~50 % at 9 px
+BROAD_FWHM = 5.0
+#: Fewest stars the 1 px detection must give (catalogue stars, or candidates for
+#: :func:`~starshift.registration.choose_reference`) before a matched filter is tried
+MIN_STARS = 10
+#: A matched filter narrower than this FWHM (px) would be the 1 px Gaussian again
+MIN_MATCHED_FWHM = 3.5
+#: Filter FWHMs tried when the 1 px detection gives no FWHM estimate (together they cover
+#: stars of ~3-12 px: a filter within a factor 1.5 of the stars keeps > 90 % of the S/N)
+FWHM_GUESSES = (5.0, 9.0)
 
 
 @dataclass
 class _Catalogue:
-    """The reference's stars for the fine step: centroids, their errors and fluxes."""
+    """The reference's stars for the fine step: centroids, their errors and fluxes, and their
+    wide-window centroids (:func:`~starshift.registration._centroid._wide_centroids`)."""
 
     x: np.ndarray
     y: np.ndarray
     ex: np.ndarray  # (2, n): background-noise and Poisson parts of the x error
     ey: np.ndarray
     flux: np.ndarray  # Gaussian-windowed sum, background subtracted (see _windowed_centroid)
+    wide_xy: np.ndarray  # (n, 2): wide-window centroids (NaN where there is none)
 
     def __post_init__(self):
         self.xy = np.column_stack([self.x, self.y])  # (n, 2)
@@ -41,7 +74,8 @@ class _Catalogue:
     @classmethod
     def empty(cls) -> _Catalogue:
         """A catalogue without stars."""
-        return cls(np.zeros(0), np.zeros(0), np.zeros((2, 0)), np.zeros((2, 0)), np.zeros(0))
+        return cls(np.zeros(0), np.zeros(0), np.zeros((2, 0)), np.zeros((2, 0)), np.zeros(0),
+                   np.zeros((0, 2)))
 
 
 @dataclass
@@ -60,17 +94,41 @@ class _Sources:
 
 
 def _find_sources(raw: np.ndarray, clean: np.ndarray, p: ReferenceParams, low: float = 4.0,
-                  bad: np.ndarray | None = None) -> _Sources:
-    """Local maxima of ``clean`` (banding removed) smoothed by a 1 px Gaussian.
+                  bad: np.ndarray | None = None, scale: float = 0.0) -> _Sources:
+    """Local maxima of ``clean`` (banding removed) smoothed by a 1 px Gaussian, or with
+    ``scale`` > 0 by the matched filter of stars of FWHM ``scale`` (:func:`_find_broad`).
 
-    Peak values, signal-to-noise and FWHM are measured against the local background (median of
-    the border of a 21 x 21 px cutout), so smooth glows and gradients do not make sources.
+    Parameters
+    ----------
+    raw : 2-D array
+        The frame as given (for the sources' raw peaks: saturation).
+    clean : 2-D array
+        The frame without its row and column patterns.
+    p : ReferenceParams
+        For ``background_box`` (the smooth background removed first).
+    low : float
+        Smallest peak signal-to-noise listed.
+    bad : 2-D bool array, optional
+        Pixels left out of the noise estimates.
+    scale : float
+        0: the 1 px Gaussian; else the FWHM (px) of the stars the filter is matched to.
+
+    Returns
+    -------
+    _Sources
+        Brightest (highest S/N) first. Peak values, signal-to-noise and FWHM are measured
+        against the local background (median of the border of a cutout: 21 x 21 px, larger
+        for broad stars), so smooth glows and gradients do not make sources.
     """
     box = min(p.background_box, 32) if p.background_box > 0 else 0
+    if scale > 0 and box:  # blocks of >= 4 FWHM: broad stars do not lift their medians
+        box = max(box, 8 * math.ceil(scale / 2.0))
     grid = _mesh_grid(clean, box) if box >= 8 else None
     img = clean - _mesh_expand(grid, box, clean.shape) if grid is not None else clean.copy()
     img -= sampled_median(img)
     noise = mad_sigma(img, bad=bad)
+    if scale > 0:
+        return _find_broad(raw, img, noise, scale, low, bad)
     sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
     sm_noise = mad_sigma(sm, bad=bad)
     e = np.zeros(0)
@@ -121,27 +179,164 @@ def _find_sources(raw: np.ndarray, clean: np.ndarray, p: ReferenceParams, low: f
                     raw_peak[keep][order], fwhm[keep][order], sharp[keep][order], noise, img)
 
 
-def _estimate_fwhm(src: _Sources, sat: float, p: ReferenceParams) -> float:
+def _open2(img: np.ndarray) -> np.ndarray:
+    """Grey opening of ``img`` by a 2 x 2 square (float32, same shape): the largest 2 x 2
+    block minimum over the blocks holding each pixel. Anything without a 2 x 2 core (hot
+    pixels, their pairs and L-shaped clusters, cosmic rays) is removed; a broad star only loses
+    a little of its noise."""
+    e = np.full((img.shape[0] + 1, img.shape[1] + 1), -np.inf, np.float32)
+    e[1:-1, 1:-1] = _erode2(img)
+    out = np.maximum(e[:-1, :-1], e[:-1, 1:])
+    np.maximum(out, e[1:, :-1], out=out)
+    np.maximum(out, e[1:, 1:], out=out)
+    return out
+
+
+def _find_broad(raw: np.ndarray, img: np.ndarray, noise: float, fwhm: float, low: float,
+                bad: np.ndarray | None) -> _Sources:
+    """Local maxima of ``img`` (background and banding removed) opened by 2 x 2
+    (:func:`_open2`) and smoothed by a Gaussian of FWHM ``fwhm``: the matched filter of stars
+    of that FWHM (the highest S/N a Gaussian star can be detected at).
+
+    The sources' S/N, peak and FWHM are measured in the filtered image (its peak is hardly
+    biased by the noise, unlike a faint broad star's brightest pixel), against the border of a
+    cutout of ~2.5 FWHM; the FWHM is the filtered one with the filter's removed in quadrature
+    (exact for Gaussian stars). A source is ``sharp`` when that leaves less than half the
+    filter's FWHM: a remnant of a hot-pixel block, not a star. ``noise`` is the pixel noise of
+    ``img``.
+    """
+    sig_f = fwhm / FWHM_PER_SIGMA
+    sm = ndimage.gaussian_filter(_open2(img), sig_f, mode="nearest")
+    sm -= sampled_median(sm)  # the opening lowers the sky a little
+    sm_noise = mad_sigma(sm, bad=bad)
+    e = np.zeros(0)
+    empty = _Sources(e.astype(int), e.astype(int), e, e, e, e, e.astype(bool), noise, img)
+    if not (noise > 0 and sm_noise > 0):
+        return empty
+    mx = ndimage.maximum_filter(sm, size=3, mode="nearest")
+    cand = (sm == mx) & (sm > low * sm_noise)
+    edge = max(3, int(math.ceil(2.0 * sig_f)))  # the filter's edge effects
+    cand[:edge, :] = cand[-edge:, :] = False
+    cand[:, :edge] = cand[:, -edge:] = False
+    ys, xs = np.nonzero(cand)
+    if ys.size == 0:
+        return empty
+    # the filtered star's FWHM is ~sqrt(2) fwhm: a border beyond 1.2 times that for the
+    # background (below 2 % of the peak for a Gaussian)
+    ny, nx = img.shape
+    hw = min(max(10, int(math.ceil(1.2 * math.sqrt(2.0) * fwhm)) + 2), (min(ny, nx) - 1) // 2)
+    yc = np.clip(ys, hw, ny - hw - 1)
+    xc = np.clip(xs, hw, nx - hw - 1)
+    cut = _cutouts(sm, yc, xc, hw)
+    bkg, _ = _ring_stats(cut)
+    peak = sm[ys, xs] - bkg
+    snr = peak / sm_noise
+    area = np.count_nonzero(cut - bkg[:, None, None] >= 0.5 * peak[:, None, None], axis=(1, 2))
+    seen = 2.0 * np.sqrt(area / np.pi)
+    width = np.sqrt(np.maximum(seen**2 - fwhm**2, 0.0))
+    sharp = width < 0.5 * fwhm
+    keep = snr > low
+    order = np.argsort(-snr[keep])
+    return _Sources(xs[keep][order], ys[keep][order], snr[keep][order], peak[keep][order],
+                    raw[ys, xs][keep][order], width[keep][order], sharp[keep][order], noise,
+                    img)
+
+
+def _estimate_fwhm(src: _Sources, sat: float, p: ReferenceParams, radius: float = 10.0,
+                   min_bright: int = 3) -> tuple[float, int]:
     """Median FWHM of bright, unsaturated, non-sharp sources that have no comparably bright
-    neighbour within 10 px (blends only ever look wider); a low percentile of all of them when
-    too few are isolated (crowded fields)."""
+    neighbour within ``radius`` px (blends only ever look wider); a low percentile of all of
+    them when too few are isolated (crowded fields). Bright is S/N above 20, or above 8 when
+    fewer than ``min_bright`` sources are that bright.
+
+    Returns the FWHM (3 px when no source qualifies) and the number of sources it rests on.
+    """
     good = (~src.sharp) & (src.raw_peak < p.saturation_fraction * sat) & (src.snr > 20)
-    if np.count_nonzero(good) < 3:
+    if np.count_nonzero(good) < min_bright:
         good = (~src.sharp) & (src.snr > 8)
     idx = np.nonzero(good)[0][:200]
     if idx.size == 0:
-        return 3.0
+        return 3.0, 0
     f = src.fwhm[idx]
     if src.x.size > 1:
         from scipy.spatial import cKDTree
 
         tree = cKDTree(np.column_stack([src.x, src.y]))
-        pairs = tree.query_ball_point(np.column_stack([src.x[idx], src.y[idx]]), 10.0)
+        pairs = tree.query_ball_point(np.column_stack([src.x[idx], src.y[idx]]), radius)
         iso = np.array([all(j == i or src.peak[j] < 0.25 * src.peak[i] for j in nb)
                         for i, nb in zip(idx, pairs, strict=True)])
         if np.count_nonzero(iso) >= 3:
-            return float(np.clip(np.median(f[iso][:50]), 1.0, 30.0))
-    return float(np.clip(np.percentile(f, 25), 1.0, 30.0))
+            use = f[iso][:50]
+            return float(np.clip(np.median(use), 1.0, 30.0)), int(use.size)
+    return float(np.clip(np.percentile(f, 25), 1.0, 30.0)), int(idx.size)
+
+
+def _detect(raw: np.ndarray, clean: np.ndarray, p: ReferenceParams, bad: np.ndarray | None,
+            sat: float, count: Callable[[_Sources, float], tuple[int, Any]]
+            ) -> tuple[_Sources, float, Any]:
+    """A frame's sources and star FWHM, detected at the scale its stars need.
+
+    The 1 px detection is kept when its FWHM estimate is below ``BROAD_FWHM`` and it gives at
+    least ``MIN_STARS`` usable stars; otherwise the matched filter (:func:`_find_broad`) is
+    tried at the estimated FWHM (at ``FWHM_GUESSES`` when there was no estimate), once more at
+    the FWHM it measures if that differs by more than 25 %, and the detection giving the most
+    usable stars is kept (for broad stars, always a matched one).
+
+    Parameters
+    ----------
+    raw, clean : 2-D arrays
+        The frame as given, and without its row and column patterns.
+    p : ReferenceParams
+        Detection, saturation and FWHM parameters (``fwhm`` > 0 fixes the FWHM).
+    bad : 2-D bool array or None
+        Pixels to leave out of the noise estimates.
+    sat : float
+        The frame's saturation level.
+    count : callable
+        ``count(sources, fwhm) -> (n, result)``: the number of usable stars a detection gives,
+        and what the caller wants back with it (the catalogue, say).
+
+    Returns
+    -------
+    (sources, fwhm, result) of the detection kept.
+    """
+    def fwhm_of(src: _Sources, scale: float = 0.0) -> tuple[float, int]:
+        if p.fwhm > 0:
+            return p.fwhm, 1
+        if scale == 0:
+            return _estimate_fwhm(src, sat, p)
+        # broad stars: isolated over 1.5 FWHM, and at least 10 to take the median of (the
+        # brightest of a faint night are few, their widths noisy)
+        return _estimate_fwhm(src, sat, p, max(10.0, 1.5 * scale), 10)
+
+    src = _find_sources(raw, clean, p, bad=bad)
+    fwhm, n_fwhm = fwhm_of(src)
+    n, res = count(src, fwhm)
+    broad = fwhm >= BROAD_FWHM
+    if not broad and n >= MIN_STARS:
+        return src, fwhm, res
+    best = None if broad else (n, src, fwhm, res)
+    if n_fwhm > 0:
+        guesses = (fwhm,) if fwhm >= MIN_MATCHED_FWHM else ()
+    else:
+        guesses = FWHM_GUESSES
+    for g in guesses:
+        s2 = _find_sources(raw, clean, p, bad=bad, scale=g)
+        f2, n2 = fwhm_of(s2, g)
+        if n2 > 0 and abs(f2 - g) > 0.25 * g:  # the filter was far from the stars: once more
+            g = max(f2, MIN_MATCHED_FWHM)
+            s2 = _find_sources(raw, clean, p, bad=bad, scale=g)
+            f2, n2 = fwhm_of(s2, g)
+        if n2 == 0:
+            f2 = g
+        k, r2 = count(s2, f2)
+        log.debug("matched filter %.2f px: FWHM %.2f px, %d stars (1 px: FWHM %.2f, %d)", g,
+                  f2, k, fwhm, n)
+        if best is None or k > best[0]:
+            best = (k, s2, f2, r2)
+    if best is None:  # broad, but no filter to try (cannot happen: broad >= MIN_MATCHED_FWHM)
+        return src, fwhm, res
+    return best[1], best[2], best[3]
 
 
 def _star_like(src: _Sources, fwhm: float) -> np.ndarray:
@@ -155,27 +350,39 @@ def _geometry(fwhm: float, search_radius: float, b: int) -> tuple[float, int, in
     sig_w = _window_sigma(fwhm)
     r = search_radius if search_radius > 0 else max(4.0, float(b))
     search = int(math.ceil(r))
-    # room for the centroid window (3.5 sigma + 1, see _measure) around a star anywhere within
-    # the search radius, and a border beyond it for the background
-    half = search + int(math.ceil(3.5 * sig_w)) + 2
+    # room for the centroid's cutout (see _measure) around a star anywhere within the search
+    # radius, and a border beyond it for the background
+    half = search + _small_half(fwhm) + 1
     return sig_w, search, half
 
 
 def _catalogue(raw: np.ndarray, clean: np.ndarray, bad: np.ndarray | None, p: ReferenceParams,
                fp: FrameParams, b: int) -> tuple[_Catalogue, float, float, _Sources]:
     """The catalogue of the reference (``raw`` as given, ``clean`` without banding), its star
-    FWHM, saturation level and sources.
-
-    Stars must be isolated over the search of the fine step (``fp.search_radius``) and pass
-    its ``fp.match_threshold`` in the reference itself.
-    """
-    src = _find_sources(raw, clean, p, bad=bad)
+    FWHM, saturation level and sources, detected at the scale the stars need
+    (:func:`_detect`)."""
     sat = _saturation_level(raw, p)
-    fwhm = p.fwhm if p.fwhm > 0 else _estimate_fwhm(src, sat, p)
+
+    def count(src: _Sources, fwhm: float) -> tuple[int, _Catalogue]:
+        cat = _select(src, fwhm, raw, clean, bad, sat, p, fp, b)
+        return cat.x.size, cat
+
+    src, fwhm, cat = _detect(raw, clean, p, bad, sat, count)
+    return cat, fwhm, sat, src
+
+
+def _select(src: _Sources, fwhm: float, raw: np.ndarray, clean: np.ndarray,
+            bad: np.ndarray | None, sat: float, p: ReferenceParams, fp: FrameParams, b: int
+            ) -> _Catalogue:
+    """The catalogue stars among the sources ``src`` of stars of FWHM ``fwhm``.
+
+    Stars must be isolated over the search of the fine step (``fp.search_radius``), pass its
+    ``fp.match_threshold`` in the reference itself and centroid within reach of their peak.
+    """
     _, search, half = _geometry(fwhm, fp.search_radius, b)
     ny, nx = clean.shape
     if src.x.size == 0:
-        return _Catalogue.empty(), fwhm, sat, src
+        return _Catalogue.empty()
     cand = ((src.snr >= p.detect_threshold) & _star_like(src, fwhm)
             & (src.raw_peak < p.saturation_fraction * sat)
             & (src.x >= half) & (src.x < nx - half) & (src.y >= half) & (src.y < ny - half))
@@ -197,11 +404,10 @@ def _catalogue(raw: np.ndarray, clean: np.ndarray, bad: np.ndarray | None, p: Re
                     break
     idx = np.array(chosen, dtype=np.int64)
     if idx.size == 0:
-        return _Catalogue.empty(), fwhm, sat, src
+        return _Catalogue.empty()
     m = _measure(clean, None, raw, bad, src.x[idx].astype(float), src.y[idx].astype(float),
                  fwhm, 1, half, p, fp.match_threshold, lambda _: sat)
-    ok = m.ok & (np.hypot(m.x - src.x[idx], m.y - src.y[idx]) < 1.5)
+    ok = m.ok & (np.hypot(m.x - src.x[idx], m.y - src.y[idx]) < _reach(fwhm))
     ok &= np.cumsum(ok) <= p.n_stars
-    cat = _Catalogue(m.x[ok], m.y[ok], m.ex[:, ok], m.ey[:, ok], m.flux[ok])
-    return cat, fwhm, sat, src
-
+    wide_xy, _ = _wide_centroids(clean, None, m.xy[ok], fwhm)
+    return _Catalogue(m.x[ok], m.y[ok], m.ex[:, ok], m.ey[:, ok], m.flux[ok], wide_xy)

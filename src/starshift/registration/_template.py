@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._stats import FWHM_PER_SIGMA, mad_sigma
-from ._centroid import _cutouts, _despike, _measure, _ring_stats
+from ._centroid import _cutouts, _despike, _measure, _reach, _ring_stats
 from ._params import ReferenceParams
 from ._result import ShiftEstimate
 from ._sources import _Sources, _star_like
@@ -62,7 +62,7 @@ def _make_template(src: _Sources, raw: np.ndarray, fwhm: float, sat: float, p: R
         return None
     m = _measure(src.bkg, None, raw, None, src.x[idx].astype(float), src.y[idx].astype(float),
                  fwhm, 1, half, p, 0.0, lambda _: math.inf)
-    ok = m.ok & (np.hypot(m.x - src.x[idx], m.y - src.y[idx]) < 1.5)
+    ok = m.ok & (np.hypot(m.x - src.x[idx], m.y - src.y[idx]) < _reach(fwhm))
     if not ok.any():
         return None
     cx, cy = m.x[ok], m.y[ok]
