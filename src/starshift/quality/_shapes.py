@@ -125,10 +125,12 @@ def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
     if ok.sum() < min_stars:
         return float("nan"), float("nan"), 0
     if stacked:
+        weights, total = _median_star(flat[ok], noise[ok], m[ok], threshold)
+        if not total[0] > 0:  # nothing of the median star above its noise
+            return float("nan"), float("nan"), 0
         # cutouts centred on the nearest pixel: the median star is the PSF smoothed by the
         # rounding (uniform over a pixel, variance 1/12 px^2 per axis), taken out again
-        return (*_moments(*_median_star(flat[ok], noise[ok], m[ok], threshold), off,
-                          smoothing=1.0 / 12.0), int(ok.sum()))
+        return (*_moments(weights, total, off, smoothing=1.0 / 12.0), int(ok.sum()))
     w, m = w[ok], m[ok]
     fwhm, elong = _moments(w, m, off)
     return float(np.median(fwhm)), float(np.median(elong)), int(ok.sum())

@@ -283,8 +283,9 @@ def _measure(img: np.ndarray, bands: tuple[np.ndarray, np.ndarray] | None, raw: 
     pixels, take the brightest box (:func:`_peak_box`: 3 x 3 up to FWHM 6 px) within
     ``search`` px of the prediction (its sum must exceed ``match_threshold`` noise sigmas, and
     its centre not be saturated in ``raw``, ``sat(raw_peaks)`` giving the saturation level, nor
-    be near ``bad`` pixels), and centroid a small cutout around it with Gaussian-windowed
-    moments, within :func:`_reach` of it. ``p`` gives ``saturation_fraction`` and ``gain``.
+    have ``bad`` pixels in its 3 x 3 core), and centroid a small cutout around it with
+    Gaussian-windowed moments, within :func:`_reach` of it. ``p`` gives
+    ``saturation_fraction`` and ``gain``.
     Positions must lie at least ``half`` px inside the frame (caller's job; see
     :func:`~starshift.registration._sources._geometry`).
     """
@@ -312,8 +313,12 @@ def _measure(img: np.ndarray, bands: tuple[np.ndarray, np.ndarray] | None, raw: 
     rpk = _windows(raw, 3)[jy - 1, jx - 1].reshape(n, 9).max(axis=1)
     ok &= rpk < p.saturation_fraction * sat(rpk)
     if bad is not None:
-        r = int(math.ceil(fwhm)) + 1
-        ok &= ~_windows(bad, 2 * r + 1)[jy - r, jx - r].reshape(n, -1).any(axis=1)
+        # a non-finite pixel in the star's core (the peak's 3 x 3, most of the centroid's
+        # weight) spoils it; one in the wings was set to the background and is one pixel of
+        # the window among many (the fitted per-star errors and the clipping take the rest):
+        # with ~1% bad pixels, dropping stars for any bad pixel within a FWHM would empty
+        # the catalogue
+        ok &= ~_windows(bad, 3)[jy - 1, jx - 1].reshape(n, -1).any(axis=1)
     sig_w = _window_sigma(fwhm)
     reach = _reach(fwhm)
     hs = _small_half(fwhm)
