@@ -536,7 +536,7 @@ def test_bad_frames_truth_table():
     assert list(truth.columns) == ["file", "dx", "dy", "bad", "kind", "flip"]
     assert len(truth) == 20 and datasets.night_plan("bad_frames").shape == (300, 400)
     defects = ["trailed", "clouds", "defocus", "other_field", "doubled", "high_background",
-               "rotation"]
+               "rotation", "faint_broad"]
     counts = truth["kind"].value_counts()
     assert all(counts[k] == 1 for k in [*defects, "meridian_flip", "reference"])
     assert set(truth["kind"]) == {*defects, "meridian_flip", "reference", "science"}

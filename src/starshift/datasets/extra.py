@@ -16,6 +16,7 @@ is exact: the generator renders the stars where the plan says.
     * ``clouds``: every star's flux times a transparency drawn in 0.1-0.3 of the reference's
       (which is 1), the sky 1.1-1.4 times brighter;
     * ``defocus``: FWHM 1.3 times the median of the night's other frames;
+    * ``faint_broad``: stars of FWHM 9 px at a third of the light (peak S/N ~5-10);
     * ``other_field``: the part of the sky just above the reference's, 15-40 px beyond its
       edge (no overlap; the cluster's outskirts and field stars; its dx, dy are that sky
       offset, for information);
@@ -82,7 +83,8 @@ SMALL_NEWTONIAN = Telescope("8-inch Newtonian", 1000.0, 200.0)
 # --------------------------------------------------------------------------- bad_frames
 #: the defect frames of bad_frames: file-name index -> kind
 BAD_FRAME_KINDS = {3: "trailed", 5: "clouds", 7: "defocus", 9: "other_field", 11: "doubled",
-                   13: "high_background", 15: "rotation", 17: "meridian_flip"}
+                   13: "high_background", 15: "rotation", 17: "meridian_flip",
+                   19: "faint_broad"}
 #: kinds that are good frames all the same
 GOOD_KINDS = ("reference", "science", "meridian_flip")
 _BAD_N, _BAD_FILTER, _BAD_EXPTIME = 20, "V", 30.0
@@ -192,6 +194,9 @@ def _bad_frames_plan(seed: int, index: int) -> NightPlan:
         "high_background": {"sky_factor": float(high_sky)},
         "rotation": {"rotation": float(rotation), "pivot": pivot},
         "meridian_flip": {"flip": True},
+        # a frame of faint, broad stars among sharp ones (thin cloud and bad focus at once):
+        # FWHM 9 px and a third of the light put the stars' peaks at S/N ~5-10
+        "faint_broad": {"fwhm": _FAINT_FWHM, "transparency": 0.35},
     }
     frames = []
     for i in range(n):
@@ -325,7 +330,8 @@ frame (the reference): `position_in_reference - position_in_frame`, x first, pix
 `other_field` (no overlap with the reference; dx, dy is the sky offset), `doubled` (second
 image 4-6 px away at 0.4-0.7 of the first's flux; dx, dy place the first), `high_background`
 (sky 5-10 x the night's), `rotation` (0.3 deg about a point near the centre; dx, dy is the
-shift at that point, corners about 1.3 px off a pure shift).
+shift at that point, corners about 1.3 px off a pure shift), `faint_broad` (FWHM 9 px at a
+third of the light: peak S/N ~5-10).
 
 `flip=1` (kind `meridian_flip`, bad=0): the frame is rotated by exactly 180 deg. Its `dx, dy`
 align it after `np.rot90(frame, 2)`: a star at `p` in the reference is at `p - (dx, dy)` in
