@@ -549,8 +549,10 @@ def test_bad_frames_truth_table():
     plan = datasets.night_plan("bad_frames")
     fwhm = np.array([f.fwhm for f in plan.frames])
     defocus = truth.index[truth["kind"] == "defocus"][0]
-    assert fwhm[defocus] == pytest.approx(1.3 * np.median(np.delete(fwhm, defocus)))
-    assert 2.6 <= np.delete(fwhm, defocus).min() and np.delete(fwhm, defocus).max() <= 3.4
+    broad = truth.index[truth["kind"].isin(["defocus", "faint_broad"])]
+    assert fwhm[defocus] == pytest.approx(1.3 * np.median(np.delete(fwhm, broad)))
+    assert 2.6 <= np.delete(fwhm, broad).min() and np.delete(fwhm, broad).max() <= 3.4
+    assert fwhm[truth.index[truth["kind"] == "faint_broad"][0]] == 9.0
 
 
 def test_bad_frames_good_frames_truth_is_exact(bad_night):

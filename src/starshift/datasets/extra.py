@@ -180,8 +180,9 @@ def _bad_frames_plan(seed: int, index: int) -> NightPlan:
     rotation = _ROTATION_DEG * rng.choice([-1.0, 1.0])
     pivot = tuple(float(v) for v in np.round(
         np.array([(nx - 1) / 2, (ny - 1) / 2]) + rng.uniform(-15.0, 15.0, 2), 4))
-    defocus_at = next(i for i, kind in BAD_FRAME_KINDS.items() if kind == "defocus")
-    defocus = _DEFOCUS * float(np.median(np.delete(fwhm, defocus_at)))
+    # 1.3 x the median of the frames of natural width (all but the defocused and broad ones)
+    broad = [i for i, kind in BAD_FRAME_KINDS.items() if kind in ("defocus", "faint_broad")]
+    defocus = _DEFOCUS * float(np.median(np.delete(fwhm, broad)))
 
     rate = SKY_RATE[_BAD_FILTER] * _BAD_EXPTIME
     # what each defect changes in its frame (sky_factor: the sky above the pedestal)
