@@ -93,6 +93,21 @@ class _Sources:
     bkg: np.ndarray  # background-subtracted (banding removed) image
 
 
+def _local_maxima(sm: np.ndarray, level: float, edge: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pixels of ``sm`` that are the maximum of their 3 x 3 and above
+    ``level``, at least ``edge`` px from the border."""
+    mx = ndimage.maximum_filter(sm, size=3, mode="nearest")
+    cand = (sm == mx) & (sm > level)
+    cand[:edge, :] = cand[-edge:, :] = False
+    cand[:, :edge] = cand[:, -edge:] = False
+    return np.nonzero(cand)
+
+
+def _no_sources(noise: float, img: np.ndarray) -> _Sources:
+    e = np.zeros(0)
+    return _Sources(e.astype(int), e.astype(int), e, e, e, e, e.astype(bool), noise, img)
+
+
 def _find_sources(raw: np.ndarray, clean: np.ndarray, p: ReferenceParams, low: float = 4.0,
                   bad: np.ndarray | None = None, scale: float = 0.0) -> _Sources:
     """Local maxima of ``clean`` (banding removed) smoothed by a 1 px Gaussian, or with
@@ -131,18 +146,9 @@ def _find_sources(raw: np.ndarray, clean: np.ndarray, p: ReferenceParams, low: f
         return _find_broad(raw, img, noise, scale, low, bad)
     sm = ndimage.gaussian_filter(img, 1.0, mode="nearest")
     sm_noise = mad_sigma(sm, bad=bad)
-    e = np.zeros(0)
-    empty = _Sources(e.astype(int), e.astype(int), e, e, e, e, e.astype(bool), noise, img)
-    if not (noise > 0 and sm_noise > 0):
-        return empty
-    mx = ndimage.maximum_filter(sm, size=3, mode="nearest")
-    cand = (sm == mx) & (sm > low * sm_noise)
-    edge = 3
-    cand[:edge, :] = cand[-edge:, :] = False
-    cand[:, :edge] = cand[:, -edge:] = False
-    ys, xs = np.nonzero(cand)
-    if ys.size == 0:
-        return empty
+    ys, xs = _local_maxima(sm, low * sm_noise, 3) if noise > 0 and sm_noise > 0 else ([], [])
+    if len(ys) == 0:
+        return _no_sources(noise, img)
     # peak pixel in the 3x3 around the smoothed maximum
     off = np.arange(-1, 2)
     c3 = img[(ys[:, None] + off)[:, :, None], (xs[:, None] + off)[:, None, :]].reshape(-1, 9)
@@ -209,18 +215,11 @@ def _find_broad(raw: np.ndarray, img: np.ndarray, noise: float, fwhm: float, low
     sm = ndimage.gaussian_filter(_open2(img), sig_f, mode="nearest")
     sm -= sampled_median(sm)  # the opening lowers the sky a little
     sm_noise = mad_sigma(sm, bad=bad)
-    e = np.zeros(0)
-    empty = _Sources(e.astype(int), e.astype(int), e, e, e, e, e.astype(bool), noise, img)
-    if not (noise > 0 and sm_noise > 0):
-        return empty
-    mx = ndimage.maximum_filter(sm, size=3, mode="nearest")
-    cand = (sm == mx) & (sm > low * sm_noise)
     edge = max(3, int(math.ceil(2.0 * sig_f)))  # the filter's edge effects
-    cand[:edge, :] = cand[-edge:, :] = False
-    cand[:, :edge] = cand[:, -edge:] = False
-    ys, xs = np.nonzero(cand)
-    if ys.size == 0:
-        return empty
+    ys, xs = (_local_maxima(sm, low * sm_noise, edge) if noise > 0 and sm_noise > 0
+              else ([], []))
+    if len(ys) == 0:
+        return _no_sources(noise, img)
     # the filtered star's FWHM is ~sqrt(2) fwhm: a border beyond 1.2 times that for the
     # background (below 2 % of the peak for a Gaussian)
     ny, nx = img.shape
