@@ -95,14 +95,19 @@ def test_compose_writes_what_dvc_hydra_integration_writes(tmp_path):
     assert str(Path.home()) not in text and "${" not in text
 
 
-def test_dvc_yaml_lists_every_night_in_summary_and_plots():
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+def test_dvc_yaml_follows_every_night_without_naming_one():
+    """The summary reads every night's metrics and the plots show every night's images through
+    folders the per-night stages fill: dvc.yaml names no night, so adding one never edits it."""
+    text = (ROOT / "dvc.yaml").read_text()
+    dvc = yaml.safe_load(text)
     nights = set(yaml.safe_load((ROOT / "params.yaml").read_text())["nights"])
-    summary_deps = {Path(d).parent.name for d in dvc["stages"]["summary"]["deps"]
-                    if d.endswith("metrics.json")}
-    plot_files = {Path(next(iter(p))).parent.name for p in dvc["plots"]}
-    assert summary_deps == nights
-    assert plot_files == nights
+    assert not any(night in text for night in nights)
+    assert "metrics" in dvc["stages"]["summary"]["deps"]
+    assert dvc["plots"] == ["reports/plots/"]
+    report = dvc["stages"]["report"]["do"]
+    assert {"metrics/${key}.json"} == {next(iter(m)) for m in report["metrics"]}
+    assert "reports/plots/${key}" in {next(iter(o)) if isinstance(o, dict) else o
+                                      for o in report["outs"]}
 
 
 def test_conf_auto_defaults_equal_the_code_defaults():

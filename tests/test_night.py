@@ -9,6 +9,7 @@ from conftest import NIGHT_SHIFTS
 
 import starshift.io
 import starshift.night
+import starshift.settings
 from starshift import columns as C
 from starshift.config import compose_align
 from starshift.night import Measurement
@@ -33,6 +34,8 @@ def counted(monkeypatch):
 
     monkeypatch.setattr(starshift.io, "read_frame", counting_read)
     monkeypatch.setattr(starshift.night, "prepare_reference", counting_prepare)
+    # in this process, where the counters are (worker processes read in theirs)
+    monkeypatch.setattr(starshift.settings, "worker_count", lambda jobs: 1)
     return reads, prepared
 
 
@@ -62,6 +65,14 @@ def test_each_dvc_stage_reads_each_frame_once(small_night, tmp_path, counted):
                         tmp_path / "thresholds.csv", cfg)
     assert not reads  # decisions come from the tables alone
     assert (diag[C.STATUS] == C.KEPT).all()
+
+
+def test_workers_give_the_same_outputs_as_one_process(small_night, tmp_path):
+    one = align(small_night, tmp_path / "one", compose_align(["jobs=1"]))
+    two = align(small_night, tmp_path / "two", compose_align(["jobs=2"]))
+    assert one.equals(two)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "one").iterdir()} == {
+        p.name: p.read_bytes() for p in (tmp_path / "two").iterdir()}
 
 
 def test_a_third_method_is_one_class(small_night):

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from astropy.io import fits
+from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyWarning
 
 from .errors import StarshiftError
@@ -28,6 +30,9 @@ from .errors import StarshiftError
 log = logging.getLogger(__name__)
 
 DEFAULT_GLOBS = ("*.fit", "*.fits", "*.fts")
+#: Suffixes of compressed FITS files (gzip, fpack, bzip2): a glob pattern also matches the
+#: compressed form of what it names, and an output frame is written uncompressed, without them.
+COMPRESSED_SUFFIXES = (".gz", ".fz", ".bz2")
 #: PICTTYPE value of a light (science) frame in SBIG/CCDOps/MaxIm headers.
 PICTTYPE_LIGHT = 1
 
@@ -55,12 +60,33 @@ def split_globs(globs: str | Iterable[str] | None) -> list[str]:
 
 
 def _glob_files(directory: Path, globs: Iterable[str]) -> list[str]:
-    """Names (paths relative to ``directory``, '/'-separated) of the files the globs match."""
+    """Names (paths relative to ``directory``, '/'-separated) of the files the globs match,
+    compressed forms included (``a.fits.gz``, ``a.fits.fz`` for ``*.fits``)."""
     found: set[str] = set()
     for pattern in globs:
-        found.update(p.relative_to(directory).as_posix()
-                     for p in directory.glob(_no_case(pattern)) if p.is_file())
+        for variant in (pattern, *(pattern + s for s in COMPRESSED_SUFFIXES)):
+            found.update(p.relative_to(directory).as_posix()
+                         for p in directory.glob(_no_case(variant)) if p.is_file())
     return sorted(found)
+
+
+def output_name(name: str) -> str:
+    """The name of a frame's output: an uncompressed FITS file, so without the input's
+    compression suffix (``a.fits.gz`` -> ``a.fits``); other names unchanged."""
+    for suffix in COMPRESSED_SUFFIXES:
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def output_collision(names: Iterable[str]) -> tuple[str, str] | None:
+    """Two input names that would be written under the same output name, or None."""
+    seen: dict[str, str] = {}
+    for name in names:
+        first = seen.setdefault(output_name(name), name)
+        if first != name:
+            return first, name
+    return None
 
 
 def is_light_frame(header: fits.Header) -> bool:
@@ -97,7 +123,7 @@ def read_header(path: str | os.PathLike) -> fits.Header:
                     if end >= 0:
                         header = fits.Header.fromstring(head[:end + 80].decode("ascii"))
                         if header.get("NAXIS", 0) or not header.get("EXTEND"):
-                            return header
+                            return standard_cards(header, path, warn=False)
                         break  # an empty primary: the image is in an extension
                     more = fh.read(_BLOCK)
                     if not more:
@@ -108,7 +134,7 @@ def read_header(path: str | os.PathLike) -> fits.Header:
             with fits.open(path, memmap=False) as hdul:
                 hdu = next((h for h in hdul if h.is_image and h.header.get("NAXIS") == 2),
                            hdul[0])
-                return hdu.header.copy()
+                return standard_cards(hdu.header.copy(), path, warn=False)
     except StarshiftError:
         raise
     except PermissionError:
@@ -243,11 +269,39 @@ def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
         raise
     except Exception as exc:
         raise StarshiftError(f"{path}: not a readable FITS file ({exc})") from exc
+    standard_cards(header, path)
     if "BUNIT" not in header:
         header["BUNIT"] = ("adu", "assumed: no BUNIT in the input file")
     for key in ("BZERO", "BSCALE"):
         header.remove(key, ignore_missing=True)
     return data, header
+
+
+def standard_cards(header: fits.Header, path: str | os.PathLike = "",
+                   warn: bool = True) -> fits.Header:
+    """``header`` (modified) with every card readable, as astropy writes it.
+
+    A value that is not FITS (``EXPTIME = NAN``, an unquoted word, a bad number) becomes a
+    string, as astropy's own fix does when the card is written; a card even that cannot fix
+    is left out. Done where a frame is read, so no later use of a header value can fail on
+    it; ``warn`` logs one warning naming the file and the keywords. (Writing the card would
+    verify it anyway: this costs the run nothing.)
+    """
+    broken = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", VerifyWarning)
+        for i, card in enumerate(header.cards):
+            try:
+                _ = card.image  # verifies the card, fixing what astropy can
+            except Exception:
+                broken.append(i)
+    for i in reversed(broken):
+        del header[i]
+    fixed = {m.group(1) for w in caught if (m := re.search(r"Card '([^']*)'", str(w.message)))}
+    if warn and (fixed or broken):
+        log.warning("%s: header card(s) %s not FITS standard: read as text%s", path,
+                    ", ".join(sorted(fixed)) or "-", f", {len(broken)} left out" if broken else "")
+    return header
 
 
 def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
@@ -273,8 +327,10 @@ def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
     if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0):
         return None
     dtype = np.dtype(_BITPIX_DTYPES[bitpix])
-    if len(buf) < hlen + nx * ny * dtype.itemsize:
-        return None  # truncated: let astropy say what is wrong
+    need = nx * ny * dtype.itemsize
+    if len(buf) < hlen + need:
+        raise StarshiftError(f"{path}: truncated file ({max(len(buf) - hlen, 0)} of {need} "
+                             "data bytes); copy it again from the camera or the archive")
     data = np.frombuffer(buf, dtype=dtype, count=nx * ny, offset=hlen).reshape(ny, nx)
     data = data.astype(np.float32 if bitpix == -32 else np.float64)
     if bzero:
@@ -402,11 +458,19 @@ class OutputFolder:
         free = shutil.disk_usage(self.staging).free
         if free < nbytes:
             raise StarshiftError(f"{self.path}: only {free} bytes free on its disk, less than "
-                                 f"one output frame ({nbytes} bytes); free some space")
+                                 f"the outputs need ({nbytes} bytes); free some space or "
+                                 "choose another output folder")
 
 
 def _hidden(path: Path, what: str) -> Path:
     return path.parent / f".{path.name}.{what}"
+
+
+def run_folders(path: str | os.PathLike) -> tuple[Path, ...]:
+    """The folders a run into output folder ``path`` writes: the folder, its staging, and the
+    previous output while it is swapped out (what a killed run may leave)."""
+    path = Path(path)
+    return path, _hidden(path, "staging"), _hidden(path, "old")
 
 
 @contextmanager
@@ -421,45 +485,38 @@ def output_folder(path: str | os.PathLike, marker: str | None = None):
     non-empty folder is replaced only if it holds that file (it is a previous run's output, not
     someone's own files).
     """
-    import fcntl
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise StarshiftError(f"{path}: is a file, not a folder; choose another output folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = os.open(_hidden(path, "lock"), os.O_CREAT | os.O_RDWR, 0o644)
     except OSError as exc:
-        raise StarshiftError(f"{path}: cannot write there ({exc.strerror or exc}); "
-                             "choose a writable output folder") from exc
+        raise _unwritable(path, exc) from exc
+    lock = _lock(path)
+    staging, old = _hidden(path, "staging"), _hidden(path, "old")
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock)
-            lock = None
-            raise StarshiftError(f"{path}: another starshift run is writing this folder; wait "
-                                 "for it to finish or choose another folder") from None
-        staging, old = _hidden(path, "staging"), _hidden(path, "old")
-        if old.exists():  # a run killed mid-swap: the previous output is the complete one
-            if not path.exists():
-                os.rename(old, path)
-            else:
-                shutil.rmtree(old)
-        if staging.exists():
-            shutil.rmtree(staging)
-        if marker and path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
-            raise StarshiftError(f"{path}: holds files that are not a starshift output (no "
-                                 f"{marker}); choose an empty or new output folder")
-        try:
-            staging.mkdir()
-            probe = staging / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise StarshiftError(f"{path}: cannot write there ({exc.strerror or exc}); "
-                                 "choose a writable output folder") from exc
-        try:
+        try:  # any error or interruption from here on leaves the folder as a whole run
+            if old.exists():  # a run killed mid-swap: the previous output is the complete one
+                if not path.exists():
+                    os.rename(old, path)
+                else:
+                    shutil.rmtree(old)
+            if staging.exists():
+                shutil.rmtree(staging)
+            if marker and path.is_dir() and any(path.iterdir()) \
+                    and not (path / marker).exists():
+                raise StarshiftError(f"{path}: holds files that are not a starshift output (no "
+                                     f"{marker}); choose an empty or new output folder")
+            if path.is_dir() and not os.access(path, os.W_OK | os.X_OK):  # its files go
+                raise StarshiftError(f"{path}: no permission to replace its files; choose a "
+                                     "writable output folder")
+            try:
+                staging.mkdir()
+                probe = staging / ".write-test"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise _unwritable(path, exc) from exc
             yield OutputFolder(path, staging)
             if path.exists():
                 os.rename(path, old)
@@ -468,12 +525,67 @@ def output_folder(path: str | os.PathLike, marker: str | None = None):
                 shutil.rmtree(old)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if old.exists() and not path.exists():  # interrupted mid-swap: the previous back
+                os.rename(old, path)
+            shutil.rmtree(old, ignore_errors=True)
             raise
     finally:
-        if lock is not None:  # ours: remove the lock file while still holding the lock
-            with suppress(OSError):
-                os.unlink(_hidden(path, "lock"))
-            os.close(lock)
+        with suppress(OSError):  # ours: remove the lock file while still holding the lock
+            os.unlink(_hidden(path, "lock"))
+        _HELD_LOCKS.discard(lock)
+        os.close(lock)
+
+
+#: Descriptors of the output-folder locks this process holds. A forked child (a worker of the
+#: night loop) closes its copies at once, so that only the run holds a lock, and a run killed
+#: with kill -9 releases it even while its workers are still ending.
+_HELD_LOCKS: set[int] = set()
+
+
+def _close_held_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks)
+
+
+def _unwritable(path: Path, exc: OSError) -> StarshiftError:
+    return StarshiftError(f"{path}: cannot write there ({exc.strerror or exc}); choose a "
+                          "writable output folder")
+
+
+def _lock(path: Path) -> int:
+    """Lock output folder ``path`` against other runs: the locked descriptor of its lock file.
+
+    A run that finishes removes the lock file while holding it; a run that opened that file
+    before then locks a removed file, so the lock is taken again on the file now there.
+    """
+    import fcntl
+
+    name = _hidden(path, "lock")
+    while True:
+        try:
+            fd = os.open(name, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:
+            raise _unwritable(path, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StarshiftError(f"{path}: another starshift run is writing this folder; wait "
+                                 "for it to finish or choose another folder") from None
+        try:
+            current = os.stat(name).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            _HELD_LOCKS.add(fd)
+            return fd
+        os.close(fd)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -519,22 +631,28 @@ def _flip_wcs(header: fits.Header, shape: tuple[int, int]) -> None:
         for i in (1, 2):
             key = f"CRPIX{i}{a}"
             if key in header:
-                header[key] = n[i - 1] + 1 - float(header[key])
+                _set_number(header, key, lambda v, i=i: n[i - 1] + 1 - v)
         linear = [f"{kind}{i}_{j}{a}" for kind in ("CD", "PC") for i in (1, 2) for j in (1, 2)]
         present = [k for k in linear if k in header]
-        if present:
-            for k in present:
-                header[k] = -float(header[k])
-        else:
-            for i in (1, 2):
-                if f"CDELT{i}{a}" in header:
-                    header[f"CDELT{i}{a}"] = -float(header[f"CDELT{i}{a}"])
+        if not present:
+            present = [f"CDELT{i}{a}" for i in (1, 2) if f"CDELT{i}{a}" in header]
+        for k in present:
+            _set_number(header, k, lambda v: -v)
     for key in list(header.keys()):
         parts = key.split("_")
         if len(parts) == 3 and parts[0] in ("A", "B", "AP", "BP") and parts[1].isdigit() \
                 and parts[2].isdigit():
-            p, q = int(parts[1]), int(parts[2])
-            header[key] = float(header[key]) * (-1) ** (p + q + 1)
+            sign = (-1) ** (int(parts[1]) + int(parts[2]) + 1)
+            _set_number(header, key, lambda v, sign=sign: v * sign)
+
+
+def _set_number(header: fits.Header, key: str, change) -> None:
+    """``header[key] = change(its value)``; a value that is not a number is left, with a
+    warning (a per-frame problem of the header, never a crash)."""
+    try:
+        header[key] = change(float(header[key]))
+    except (TypeError, ValueError):
+        log.warning("%s=%r is not a number: left as it was", key, header[key])
 
 
 def _shift_wcs(header: fits.Header, dx: float, dy: float) -> None:
@@ -543,10 +661,7 @@ def _shift_wcs(header: fits.Header, dx: float, dy: float) -> None:
         for i, d in ((1, dx), (2, dy)):
             key = f"CRPIX{i}{a}"
             if key in header:
-                try:
-                    header[key] = float(header[key]) + d
-                except (TypeError, ValueError):
-                    log.warning("%s=%r is not a number: left as it was", key, header[key])
+                _set_number(header, key, lambda v, d=d: v + d)
 
 
 def shifted_header(header: fits.Header, shape: tuple[int, int], dx: float, dy: float, *,

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -470,7 +470,8 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
                              initargs=(task, os.getpid())) as pool:
         pending = []
         for name in names:
-            pending.append(pool.submit(_run_task, name))
+            with _signals_held():  # the pool forks its workers in submit
+                pending.append(pool.submit(_run_task, name))
             if len(pending) >= 2 * jobs:
                 yield pending.pop(0).result()
         for future in pending:
@@ -483,8 +484,31 @@ _TASK = None  # the worker's task, set once per worker process
 def _set_task(task, parent: int | None = None) -> None:
     global _TASK
     _TASK = task
+    # the run's process handles Ctrl-C and SIGTERM (it stops the pool, then cleans up)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
     if parent is not None:
         _die_with(parent)
+
+
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait while the pool forks: their handler, run inside the fork's
+    hooks, would have its exception ignored (the interruption lost, a traceback printed);
+    they are handled right after."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _die_with(parent: int) -> None:

@@ -12,6 +12,7 @@ Hydra sweep; every one of them goes through :func:`starshift.night.align_night`:
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,7 +235,9 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
                           pre_shift=s.pre_shift, fill=s.fill,
                           shift=s.shift, cards=_provenance(s),
                           sink=_Sink(out.staging) if out is not None else None, jobs=s.jobs)
-    rows = [r.row for r in _progress(results, len(names), f"align {input_dir.name}", progress)]
+    with closing(results):  # on an interruption the workers stop before the staging goes
+        rows = [r.row for r in _progress(results, len(names), f"align {input_dir.name}",
+                                         progress)]
     thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     if out is not None:
         for row in rows:
@@ -271,8 +274,9 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
                               measured=dict(zip(names, table.to_dict("records"), strict=True)),
                               shift=s.shift, cards=_provenance(s), sink=_Sink(out.staging),
                               jobs=s.jobs)
-        rows = [r.row for r in _progress(results, len(names), f"shift {input_dir.name}",
-                                         progress)]
+        with closing(results):  # on an interruption the workers stop before the staging goes
+            rows = [r.row for r in _progress(results, len(names), f"shift {input_dir.name}",
+                                             progress)]
     df = pd.DataFrame(rows)
     fio.write_table(df, out_table)
     return df
