@@ -32,6 +32,7 @@ def covers(keys: set[str], key: str) -> bool:
 
 def test_each_stage_reads_exactly_what_dvc_yaml_declares(project, small_night):
     paths = stage_paths(project, small_night)
+    reads = {}
     for stage in NIGHT_STAGES:
         log: dict = {}
         run_stage(stage, "tiny", "params.yaml", {k: paths[k] for k in STAGES[stage]},
@@ -40,7 +41,27 @@ def test_each_stage_reads_exactly_what_dvc_yaml_declares(project, small_night):
         read = set(log)
         assert all(covers(want, k) for k in read), (stage, sorted(read - want))
         assert all(any(covers({d}, k) for k in read) for d in want), (stage, sorted(want))
+        reads[stage] = read
     assert (paths["report"] / "diagnostics.csv").is_file()
+    # every single key of the night and of the shared groups: the stages DVC reruns when it
+    # changes (those declaring it) are exactly the stages that read it
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for key in leaves({"nights": {"tiny": params["nights"]["tiny"]},
+                       **{k: v for k, v in params.items() if k != "nights"}}):
+        marked = {s for s in NIGHT_STAGES if covers(declared(s, "tiny"), key)}
+        readers = {s for s in NIGHT_STAGES
+                   if any(key == k or key.startswith(k + ".") or k.startswith(key + ".")
+                          for k in reads[s])}
+        assert marked == readers, key
+
+
+def leaves(tree: dict, prefix: str = ""):
+    """Dotted keys of the leaves of a nested mapping (a mapping's own key when empty)."""
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
 
 
 def test_a_new_night_is_one_file_and_one_line(project, small_night):

@@ -35,6 +35,7 @@ from starshift import columns as C
 from starshift import io as fio
 from starshift.cli import main
 from starshift.config import compose_align
+from starshift.headers import shifted_header
 from starshift.pipeline import stages
 
 ROOT_USER = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -877,7 +878,7 @@ def test_flipped_header_keeps_the_sky(linear, order):
         cards = {**cards, **SIP}
     header = fits.Header([(k.upper(), v) for k, v in cards.items()])
     dx, dy = (4.0, -3.0) if order == 0 else (4.37, -2.81)
-    out = fio.shifted_header(header, SHAPE, dx, dy, flipped=True, order=order,
+    out = shifted_header(header, SHAPE, dx, dy, flipped=True, order=order,
                              reference="ref.fit")
     rng = np.random.default_rng(3)
     px = np.column_stack([rng.uniform(0, nx - 1, 50), rng.uniform(0, ny - 1, 50)])

@@ -31,7 +31,7 @@ from . import __version__
 from . import columns as C
 from ._stats import median
 from .errors import StarshiftError
-from .io import ascii_value, shifted_header
+from .headers import ascii_value, shifted_header
 from .quality import (
     QualityLimits,
     corner_misalignment,

@@ -97,7 +97,12 @@ class SweepSummary(_Callback):
         from hydra.core.hydra_config import HydraConfig
 
         HydraConfig.instance().set_config(config)  # the sweep dir interpolates hydra:runtime
-        summarise_sweep(config.hydra.sweep.dir)
+        # sweeps/<night>/<time>: a sweep over several nights has one folder per night, all of
+        # the same time; each gets its own summary
+        here = Path(config.hydra.sweep.dir)
+        for night_dir in sorted(here.parent.parent.glob(f"*/{here.name}")):
+            if any(night_dir.glob("*/metrics.json")):
+                summarise_sweep(night_dir)
 
 
 def run_sweep(hydra_args: list[str], conf_dir: str | Path = "conf") -> int:
