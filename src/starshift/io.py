@@ -594,10 +594,3 @@ def params_hash(params) -> str:
     blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
 
-
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy a file byte for byte, atomically."""
-    src = Path(src)
-    if not src.is_file():
-        raise StarshiftError(f"{src}: no such file")
-    _atomic(Path(dst), lambda tmp: shutil.copyfile(src, tmp))
