@@ -221,8 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s")
-    previous = signal.signal(signal.SIGTERM, _terminate)  # cleaned up like Ctrl-C
-    try:
+    previous = signal.getsignal(signal.SIGTERM)
+    try:  # (installed inside: a SIGTERM right after is handled like any other)
+        signal.signal(signal.SIGTERM, _terminate)  # cleaned up like Ctrl-C
         return int(args.func(args) or 0)
     except StarshiftError as exc:
         print(f"starshift: error: {exc}", file=sys.stderr)
