@@ -659,8 +659,8 @@ def test_kill_loop_then_rerun_equals_a_clean_run(tmp_path, capsys):
             proc.join(30)
             code = proc.exitcode
             err = log.read_text() if log.exists() else ""
-        assert "Traceback" not in err, err
-        assert code in (0, -signal.SIGKILL, 143, -signal.SIGTERM), (code, err)
+        assert "Traceback" not in err, err[-1500:]  # (the end names the exception)
+        assert code in (0, -signal.SIGKILL, 143, -signal.SIGTERM), (code, err[-1500:])
         if code == 143 and not stale:  # SIGTERM is cleaned up at once, like Ctrl-C
             assert not staging.exists()
         outcomes.add(code)
