@@ -56,7 +56,7 @@ def test_integer_frames_with_bzero_and_missing_bunit(tmp_path):
     fits.PrimaryHDU(raw).writeto(tmp_path / "u16.fit")  # astropy stores uint16 via BZERO=32768
     assert "BZERO" in fits.getheader(tmp_path / "u16.fit")
     data, header = frames.read_frame(tmp_path / "u16.fit")
-    assert data.dtype == np.float64
+    assert data.dtype == np.float32  # every 16-bit value is exact in float32
     np.testing.assert_array_equal(data, raw.astype(float))
     assert header["BUNIT"] == "adu"
     assert "BZERO" not in header
@@ -159,8 +159,10 @@ def test_read_frame_values_equal_astropy(tmp_path, dtype, kwargs):
     with fits.open(path) as hdul:
         expect = np.asarray(hdul[0].data, dtype=np.float64)
     np.testing.assert_array_equal(data, expect)
-    # float32 images stay float32 (exact); everything else is float64, native byte order
-    assert data.dtype == (np.float32 if dtype is np.float32 else np.float64)
+    # float32 images, and 8- and 16-bit integers unless scaled, come back as float32 (exact);
+    # everything else as float64, native byte order
+    small = dtype in (np.float32, np.int16, np.uint16, np.uint8, np.int8)
+    assert data.dtype == (np.float32 if small and "bscale" not in kwargs else np.float64)
     assert data.dtype.isnative and header["FILTER"] == "R"
     assert "BZERO" not in header and "BSCALE" not in header
 

@@ -224,6 +224,8 @@ def find_light_frames(directory: str | os.PathLike, globs: str | Iterable[str] |
 _BLOCK = 2880
 #: BITPIX -> big-endian dtype of the stored values.
 _BITPIX_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+#: BITPIX -> the float type its values are read as, exactly (float64 for the others).
+_FLOAT_OF_BITPIX = {8: np.float32, 16: np.float32, -32: np.float32}
 #: BITPIX -> the BZERO that marks unsigned (or, for 8, signed) integers stored with an offset.
 _INT_OFFSETS = {8: -128.0, 16: 32768.0, 32: 2147483648.0, 64: 9223372036854775808.0}
 
@@ -231,10 +233,12 @@ _INT_OFFSETS = {8: -128.0, 16: 32768.0, 32: 2147483648.0, 64: 922337203685477580
 def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
     """Read the primary image of a FITS file and its header, as floating point.
 
-    Float32 images (BITPIX = -32, what calibrated CCD frames usually are) come back as native
-    float32, exactly as stored: computing in float64 would only double the memory traffic of
-    every pass over the frame, not add information. Integer and float64 images come back as
-    float64 with BZERO/BSCALE applied.
+    Float32 images (BITPIX = -32, what calibrated CCD frames usually are) and 8- or 16-bit
+    integer images (what cameras write: every such value, with its unsigned offset, is exact
+    in float32's 24-bit mantissa) come back as native float32: computing in float64 would
+    only double the memory and the memory traffic of every pass over the frame, not add
+    information (a 26 MP frame is 104 MB instead of 209 MB). 32- and 64-bit integer, scaled
+    and float64 images come back as float64 with BZERO/BSCALE applied.
 
     A header without BUNIT is taken to be in ADU (BUNIT='adu' is added to the returned copy).
     The file itself is never modified.
@@ -258,12 +262,11 @@ def read_frame(path: str | os.PathLike) -> tuple[np.ndarray, fits.Header]:
                 with fits.open(path, memmap=False) as hdul:
                     hdu = next((h for h in hdul if h.is_image and h.header.get("NAXIS") == 2),
                                None)
-                    # the stored type, read before astropy rescales the data (and the header)
-                    stored = hdu.header.get("BITPIX") if hdu is not None else None
+                    # the float type, chosen before astropy rescales the data (and the header)
+                    as_type = _float_type(hdu.header) if hdu is not None else np.float64
                     if hdu is None or hdu.data is None or hdu.data.ndim != 2:
                         raise StarshiftError(f"{path}: no 2-D image in this FITS file")
-                    data = np.asarray(hdu.data, dtype=np.float32 if stored == -32
-                                      else np.float64)
+                    data = np.asarray(hdu.data, dtype=as_type)
                     header = hdu.header.copy()
     except StarshiftError:
         raise
@@ -304,38 +307,66 @@ def standard_cards(header: fits.Header, path: str | os.PathLike = "",
     return header
 
 
-def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
-    """The fast path of :func:`read_frame`; None when the file is not a plain 2-D image."""
-    with open(path, "rb") as fh:
-        buf = fh.read()
-    if not buf.startswith(b"SIMPLE  =                    T"):
-        return None
-    end = _end_card(buf)  # the END card closes the header
-    if end < 0:
-        return None
-    hlen = (end // _BLOCK + 1) * _BLOCK
-    header = fits.Header.fromstring(buf[:end + 80].decode("ascii"))
+def _float_type(header: fits.Header) -> type:
+    """The float type an image's values are exact in: float32 for float32 and for 8- and
+    16-bit integers stored plainly or with the unsigned offset, else float64."""
     bitpix = header.get("BITPIX")
-    if header.get("NAXIS") != 2 or bitpix not in _BITPIX_DTYPES or "BLANK" in header:
-        return None
-    if header.get("GROUPS") or header.get("PCOUNT", 0) or header.get("GCOUNT", 1) != 1:
-        return None
-    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
-    if bscale != 1 or bzero not in (0, _INT_OFFSETS.get(bitpix)):
-        return None
-    nx, ny = header.get("NAXIS1"), header.get("NAXIS2")
-    if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0):
-        return None
-    dtype = np.dtype(_BITPIX_DTYPES[bitpix])
-    need = nx * ny * dtype.itemsize
-    if len(buf) < hlen + need:
-        raise StarshiftError(f"{path}: truncated file ({max(len(buf) - hlen, 0)} of {need} "
-                             "data bytes); copy it again from the camera or the archive")
-    data = np.frombuffer(buf, dtype=dtype, count=nx * ny, offset=hlen).reshape(ny, nx)
-    data = data.astype(np.float32 if bitpix == -32 else np.float64)
+    plain = header.get("BSCALE", 1) == 1 and header.get("BZERO", 0) in (0, _INT_OFFSETS.get(bitpix))
+    return _FLOAT_OF_BITPIX.get(bitpix, np.float64) if plain else np.float64
+
+
+def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
+    """The fast path of :func:`read_frame`; None when the file is not a plain 2-D image.
+
+    The pixels are converted to float block by block as they are read (``_CHUNK`` bytes at a
+    time), so the file's bytes are never held whole: a 26 MP frame needs its 104 MB float32
+    array and 4 MB more, not another 52 MB for the bytes.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(_BLOCK)
+        if not head.startswith(b"SIMPLE  =                    T"):
+            return None
+        while (end := _end_card(head)) < 0:  # the END card closes the header
+            more = fh.read(_BLOCK)
+            if len(more) < _BLOCK:
+                return None
+            head += more
+        header = fits.Header.fromstring(head[:end + 80].decode("ascii"))
+        bitpix = header.get("BITPIX")
+        if header.get("NAXIS") != 2 or bitpix not in _BITPIX_DTYPES or "BLANK" in header:
+            return None
+        if header.get("GROUPS") or header.get("PCOUNT", 0) or header.get("GCOUNT", 1) != 1:
+            return None
+        bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
+        if bscale != 1 or bzero not in (0, _INT_OFFSETS.get(bitpix)):
+            return None
+        nx, ny = header.get("NAXIS1"), header.get("NAXIS2")
+        if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0):
+            return None
+        stored = np.dtype(_BITPIX_DTYPES[bitpix])
+        data = np.empty((ny, nx), dtype=_float_type(header))
+        flat = data.reshape(-1)
+        step = max(_CHUNK // stored.itemsize, 1)
+        buf = bytearray(step * stored.itemsize)
+        done = 0
+        while done < flat.size:
+            n = min(step, flat.size - done)
+            got = fh.readinto(memoryview(buf)[: n * stored.itemsize])
+            if got < n * stored.itemsize:
+                need = flat.size * stored.itemsize
+                have = done * stored.itemsize + got
+                raise StarshiftError(f"{path}: truncated file ({have} of {need} data bytes); "
+                                     "copy it again from the camera or the archive")
+            flat[done: done + n] = np.frombuffer(buf, dtype=stored, count=n)
+            done += n
     if bzero:
-        data += bzero
+        data += data.dtype.type(bzero)  # exact: the offset values fit the mantissa
     return data, header
+
+
+#: bytes converted at a time when frames are read and written (a few MB: in the CPU cache's
+#: reach, and no whole-frame temporary)
+_CHUNK = 4 << 20
 
 
 def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None
@@ -351,18 +382,25 @@ def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header |
     path = Path(path)
     if header is None:
         header = fits.Header()
-    values = np.asarray(data, dtype=">f4")
-    if values.ndim != 2:
-        raise ValueError(f"write_frame needs a 2-D image, got shape {values.shape}")
+    data = np.asarray(data)
+    if data.ndim != 2:
+        raise ValueError(f"write_frame needs a 2-D image, got shape {data.shape}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        head = _primary_header_bytes(header, values.shape)
-    pad = (-values.nbytes) % _BLOCK
+        head = _primary_header_bytes(header, data.shape)
+    ny, nx = data.shape
+    pad = (-4 * data.size) % _BLOCK
+    rows = max(_CHUNK // (4 * max(nx, 1)), 1)
 
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             fh.write(head)
-            fh.write(values.data if values.flags.c_contiguous else values.tobytes())
+            # big-endian float32, converted a block of rows at a time (no whole-frame copy)
+            block = np.empty((min(rows, ny), nx), dtype=">f4")
+            for y in range(0, ny, rows):
+                part = block[: min(rows, ny - y)]
+                part[...] = data[y: y + rows]
+                fh.write(part.data)
             fh.write(b"\0" * pad)
 
     _atomic(path, _write)
