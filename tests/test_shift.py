@@ -119,6 +119,33 @@ def test_median_with_a_common_value_equals_nanmedian(n_fill, size):
     np.testing.assert_array_equal(a, before)  # the input is never reordered
 
 
+@pytest.mark.parametrize("kind", ["noise", "integers", "nan", "fill", "constant", "steep"])
+def test_median_of_a_large_frame_is_exact(kind):
+    # over 1 M values the median is bracketed from a subsample first; the value must not move
+    from starshift._stats import _BRACKET_MIN
+
+    rng = np.random.default_rng(7)
+    n = _BRACKET_MIN + 12345
+    a = rng.normal(1000.0, 30.0, n).astype(np.float32)
+    common = None
+    if kind == "integers":
+        a = np.rint(a)
+    elif kind == "nan":
+        a[::5] = np.nan
+    elif kind == "fill":  # a shifted frame's fill pixels, at the frame's median
+        common = float(np.median(a))
+        a[: n // 5] = common
+    elif kind == "constant":
+        a[:] = 3.0
+        a[:7] = 1.0
+    elif kind == "steep":  # a subsample that misleads: the bracket misses, the sort decides
+        a = np.sort(a) ** 4
+        a[: n // 2 + 1] = a[::-1][: n // 2 + 1]
+    before = a.copy()
+    assert median(a, common=common) == np.float32(np.nanmedian(a))
+    np.testing.assert_array_equal(a, before)  # the input is never reordered
+
+
 def test_subtract_background_after_a_large_shift_is_unchanged_by_the_hint():
     rng = np.random.default_rng(3)
     data = rng.normal(50.0, 3.0, (120, 90)).astype(np.float32).astype(float)

@@ -23,6 +23,12 @@ def median(data: np.ndarray, common: float | None = None) -> float:
     765 x 510 frame (0.7 ms instead of 4 ms), which matters because every frame needs it for
     the fill value, the background and the seed's centroid.
 
+    On a large array (over ``_BRACKET_MIN`` values, a 1 MP frame) the median is first
+    bracketed by two values read off a sorted regular subsample, and only the values between
+    them (a few percent) are copied and partially sorted: the counts below and above prove
+    the bracket holds the median, else the whole array is sorted as before. Same value,
+    without a copy of the whole frame: 0.08 s instead of 0.3 s on a 26 MP frame.
+
     ``common`` names a value that many pixels may share, such as the fill value of a shifted
     frame. Partial sorting slows down several-fold on a large block of equal values, so those
     pixels are counted and set aside first; the result is the same.
@@ -30,12 +36,55 @@ def median(data: np.ndarray, common: float | None = None) -> float:
     a = np.asarray(data).ravel()
     if a.dtype.kind != "f":
         a = a.astype(np.float64)
-    nan = np.isnan(a)
-    a = a[~nan] if nan.any() else a
-    n = a.size
-    if n == 0:
+    found = _bracketed(a, common) if a.size > _BRACKET_MIN else None
+    if found is None:
+        nan = np.isnan(a)
+        part = a[~nan] if nan.any() else a.copy() if a is data or a.base is not None else a
+        found = part, _middle(part.size), 0
+    part, ks, offset = found
+    if not ks:
         return float("nan")
-    ks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    vals = _order_stats(part, [k - offset for k in ks], common)
+    if len(vals) == 1:
+        return vals[0]
+    return float(np.mean(np.array(vals, dtype=a.dtype), dtype=a.dtype))
+
+
+#: arrays larger than this have their median bracketed first (see :func:`median`)
+_BRACKET_MIN = 1 << 20
+
+
+def _middle(n: int) -> list[int]:
+    """The order statistics whose mean is the median of ``n`` values (none when empty)."""
+    if n == 0:
+        return []
+    return [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+
+
+def _bracketed(a: np.ndarray, common: float | None):
+    """(the values of ``a`` between two bounds, the median's order statistics, how many
+    values lie below the bounds), or None when the bounds do not hold the median."""
+    sample = a[:: a.size // 20000]
+    sample = np.sort(sample[~np.isnan(sample)])
+    m = sample.size
+    if m < 1000:
+        return None
+    w = int(4.0 * np.sqrt(m)) + 1  # the median's rank in the sample: m/2 +- sqrt(m)/2 (1 sd)
+    lo, hi = sample[max(m // 2 - w, 0)], sample[min(m // 2 + w, m - 1)]
+    below = int(np.count_nonzero(a < lo))
+    above = int(np.count_nonzero(a > hi))
+    inside = a >= lo
+    inside &= a <= hi
+    part = a[inside]
+    ks = _middle(below + part.size + above)
+    if not all(below <= k < below + part.size for k in ks):
+        return None
+    return part, ks, below
+
+
+def _order_stats(a: np.ndarray, ks: list[int], common: float | None) -> list[float]:
+    """Order statistics ``ks`` (one or two neighbours) of ``a`` (no NaN; reordered)."""
+    n = a.size
     n_eq = n_lt = 0
     if common is not None and not np.isnan(common):
         eq = a == common
@@ -52,16 +101,11 @@ def median(data: np.ndarray, common: float | None = None) -> float:
         # one selection at the highest index; the one below it (even sizes) is the maximum
         # of the lower part (numpy's multi-index partition is several times slower)
         j = max(rest.values())
-        part = a.copy() if a is data or a.base is not None else a
-        part.partition(j)
-        stats[j] = part[j]
+        a.partition(j)
+        stats[j] = a[j]
         if j - 1 in rest.values():
-            stats[j - 1] = part[:j].max()
-    vals = [float(common) if k not in rest else float(stats[rest[k]]) for k in ks]
-    if len(vals) == 1:
-        return vals[0]
-    return float(np.mean(np.array(vals, dtype=a.dtype), dtype=a.dtype))
-
+            stats[j - 1] = a[:j].max()
+    return [float(common) if k not in rest else float(stats[rest[k]]) for k in ks]
 
 
 def sampled_median(a: np.ndarray, max_n: int = 40000) -> float:
