@@ -387,7 +387,7 @@ def shift_row(data: np.ndarray, header, row: Mapping, ref: NightReference, metho
     bkg = 0.0
     if settings.subtract_background and np.isfinite(shifted_median):
         bkg = shifted_median
-        shifted = shifted - bkg
+        shifted -= bkg  # in place: ``shifted`` is a new array (apply_shift never returns data)
     hdr = shifted_header(header, shifted.shape, adx, ady, flipped=flipped, background=bkg,
                          order=settings.order, reference=ref.name, version=__version__)
     hdr["XOFFSET"] = (_accumulated(hdr, "XOFFSET", adx), "[px] x shift applied (accumulated)")

@@ -65,16 +65,22 @@ def apply_shift(data: np.ndarray, dx: float, dy: float, *, order: int = 0,
 
 
 def integer_shift(data: np.ndarray, dx: int, dy: int, cval: float) -> np.ndarray:
-    """Whole-pixel shift by slicing: identical to ``ndimage.shift(order=0)`` but copy-only."""
-    out = np.full_like(data, cval)
+    """Whole-pixel shift by slicing: identical to ``ndimage.shift(order=0)`` but copy-only
+    (each output pixel written once: the moved block, then the strips that entered)."""
+    out = np.empty_like(data)
     ny, nx = data.shape
     if abs(dx) >= nx or abs(dy) >= ny:
+        out.fill(cval)
         return out
     src_y = slice(max(0, -dy), ny - max(0, dy))
     dst_y = slice(max(0, dy), ny - max(0, -dy))
     src_x = slice(max(0, -dx), nx - max(0, dx))
     dst_x = slice(max(0, dx), nx - max(0, -dx))
     out[dst_y, dst_x] = data[src_y, src_x]
+    out[: max(0, dy)] = cval
+    out[ny - max(0, -dy):] = cval
+    out[:, : max(0, dx)] = cval
+    out[:, nx - max(0, -dx):] = cval
     return out
 
 
