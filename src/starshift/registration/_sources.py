@@ -95,12 +95,30 @@ class _Sources:
 
 def _local_maxima(sm: np.ndarray, level: float, edge: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows and columns of the pixels of ``sm`` that are the maximum of their 3 x 3 and above
-    ``level``, at least ``edge`` px from the border."""
-    mx = ndimage.maximum_filter(sm, size=3, mode="nearest")
-    cand = (sm == mx) & (sm > level)
-    cand[:edge, :] = cand[-edge:, :] = False
-    cand[:, :edge] = cand[:, -edge:] = False
-    return np.nonzero(cand)
+    ``level``, at least ``edge`` (>= 1) px from the border, in row-major order.
+
+    The pixels above ``level`` (stars: a small fraction) are compared with their 8
+    neighbours: the same pixels as ``sm == ndimage.maximum_filter(sm, 3)``, which costs two
+    passes over the whole frame (1.3 s on 26 MP). When many pixels are above the level, the
+    filter is used.
+    """
+    inner = sm[edge:-edge, edge:-edge]
+    above = inner > level
+    if np.count_nonzero(above) > above.size // 8:
+        cand = (sm == ndimage.maximum_filter(sm, size=3, mode="nearest")) & (sm > level)
+        cand[:edge, :] = cand[-edge:, :] = False
+        cand[:, :edge] = cand[:, -edge:] = False
+        return np.nonzero(cand)
+    ys, xs = np.nonzero(above)
+    ys += edge
+    xs += edge
+    v = sm[ys, xs]
+    peak = np.ones(ys.size, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                peak &= v >= sm[ys + dy, xs + dx]
+    return ys[peak], xs[peak]
 
 
 def _no_sources(noise: float, img: np.ndarray) -> _Sources:
@@ -241,6 +259,20 @@ def _find_broad(raw: np.ndarray, img: np.ndarray, noise: float, fwhm: float, low
                     img)
 
 
+def _neighbours(x: np.ndarray, y: np.ndarray, r: float) -> Callable[[int], np.ndarray]:
+    """``near(i)``: the indices of the points within ``r`` (distance <= r) of point ``i``, itself
+    included, in no particular order. A sort on x and a band search: the few queries a
+    catalogue needs cost less than building a k-d tree (and importing ``scipy.spatial``)."""
+    order = np.argsort(x, kind="stable")
+    sx = x[order]
+
+    def near(i: int) -> np.ndarray:
+        j = order[np.searchsorted(sx, x[i] - r, "left"): np.searchsorted(sx, x[i] + r, "right")]
+        return j[(x[j] - x[i]) ** 2 + (y[j] - y[i]) ** 2 <= r * r]
+
+    return near
+
+
 def _estimate_fwhm(src: _Sources, sat: float, p: ReferenceParams, radius: float = 10.0,
                    min_bright: int = 3) -> tuple[float, int]:
     """Median FWHM of bright, unsaturated, non-sharp sources that have no comparably bright
@@ -258,12 +290,9 @@ def _estimate_fwhm(src: _Sources, sat: float, p: ReferenceParams, radius: float 
         return 3.0, 0
     f = src.fwhm[idx]
     if src.x.size > 1:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(np.column_stack([src.x, src.y]))
-        pairs = tree.query_ball_point(np.column_stack([src.x[idx], src.y[idx]]), radius)
-        iso = np.array([all(j == i or src.peak[j] < 0.25 * src.peak[i] for j in nb)
-                        for i, nb in zip(idx, pairs, strict=True)])
+        near = _neighbours(src.x, src.y, radius)
+        iso = np.array([bool(np.all((nb == i) | (src.peak[nb] < 0.25 * src.peak[i])))
+                        for i in idx for nb in [near(i)]])
         if np.count_nonzero(iso) >= 3:
             use = f[iso][:50]
             return float(np.clip(np.median(use), 1.0, 30.0)), int(use.size)
@@ -391,13 +420,11 @@ def _select(src: _Sources, fwhm: float, raw: np.ndarray, clean: np.ndarray,
     idx = np.nonzero(cand)[0]
     chosen: list[int] = []
     if idx.size:
-        from scipy.spatial import cKDTree
-
-        tree = cKDTree(np.column_stack([src.x, src.y]))
+        near = _neighbours(src.x, src.y, r_iso)
         for i in idx:
-            neigh = tree.query_ball_point((src.x[i], src.y[i]), r_iso)
-            if not any(j != i and not src.sharp[j] and src.peak[j] > p.blend_ratio * src.peak[i]
-                       for j in neigh):
+            nb = near(i)
+            blend = (nb != i) & ~src.sharp[nb] & (src.peak[nb] > p.blend_ratio * src.peak[i])
+            if not np.any(blend):
                 chosen.append(int(i))
                 if len(chosen) >= 2 * p.n_stars:
                     break
