@@ -658,6 +658,53 @@ def env_text(info: dict) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
+# --------------------------------------------------------------------------- night length
+LENGTH_NIGHT = "march_29_2018"
+
+
+def bench_lengths(counts: list[int], tmp: Path, starshift_cmd: list[str]) -> list[dict]:
+    """``starshift align`` (default jobs) on nights of ``counts`` frames of 765 x 510: peak
+    memory must not grow with the night's length (streaming). The frames are symbolic links to
+    the generated sample night ``LENGTH_NIGHT``'s, cycled, each under a new name (sorted in
+    the cycle's order, so the reference is the sample's first frame)."""
+    src = tmp / "length_source"
+    subprocess.run([*starshift_cmd, "-q", "sample", "--out", str(src), "--nights",
+                    LENGTH_NIGHT], check=True, stdout=subprocess.DEVNULL)
+    frames = light_frames(src / LENGTH_NIGHT)
+    rows = []
+    for n in counts:
+        night = tmp / f"length_{n}"
+        night.mkdir()
+        for i in range(n):
+            f = frames[i % len(frames)]
+            (night / f"L{i:05d}_{f.name}").symlink_to(f)
+        warm(frames)
+        out = tmp / f"length_{n}_out"
+        r = run_process([*starshift_cmd, "align", str(night), str(out)],
+                        tmp / f"length_{n}.log")
+        r["frames"] = n
+        rows.append(r)
+        print(f"  length {n}: {r['wall']:.1f} s, PSS {r['pss_mb']:.0f} MB, largest RSS "
+              f"{r['max_rss_mb']:.0f} MB" + (f", exit {r['rc']}: {r['error']}" if r["rc"] else ""),
+              file=sys.stderr)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(night, ignore_errors=True)
+    return rows
+
+
+def lengths_table(rows: list[dict]) -> str:
+    first = rows[0]
+    lines = [f"Peak memory against the night's length (`starshift align`, default jobs, frames of "
+             f"{LENGTH_NIGHT} linked under new names; one run each):", "",
+             "| frames | wall s | ms/frame | PSS MB | summed RSS MB | largest RSS MB | "
+             f"PSS / PSS at {first['frames']} |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['frames']} | {r['wall']:.1f} | {1000 * r['wall'] / r['frames']:.0f} "
+                     f"| {r['pss_mb']:.0f} | {r['rss_mb']:.0f} | {r['max_rss_mb']:.0f} | "
+                     f"{r['pss_mb'] / first['pss_mb']:.2f} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- main
 def _parse_box(text: str):
     night, _, spec = text.partition("=")
@@ -684,6 +731,10 @@ def main(argv=None) -> int:
                     "wallace_2018-10-12 if present, else march_09_2018; 'none' to skip)")
     ap.add_argument("--box", action="append", default=[], metavar="NIGHT=X,Y,SIZE",
                     help="search box for the notebook way on another night (repeatable)")
+    ap.add_argument("--lengths", help="memory against the night's length: comma-separated "
+                    "frame counts (e.g. 200,2000) of a night made of one sample night's frames "
+                    f"({LENGTH_NIGHT}, linked over and over under new names), one "
+                    "`starshift align` each")
     ap.add_argument("--scratch", type=Path, help="where outputs go during the runs (default: "
                     "a temporary directory, removed afterwards)")
     ap.add_argument("--out", type=Path, help="write results: .md, .json, or (other) both")
@@ -745,6 +796,10 @@ def main(argv=None) -> int:
                                            scratch, starshift_cmd))
             except Exception as exc:  # e.g. discovery broken by a change under way
                 print(f"  {name}: skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        lengths = None
+        if args.lengths:
+            lengths = bench_lengths([int(n) for n in args.lengths.split(",")], tmp,
+                                    starshift_cmd)
         prof_night = args.profile_night
         if prof_night is None:
             names = [n for n, _ in nights]
@@ -771,6 +826,8 @@ def main(argv=None) -> int:
         for way, errs in r["errors"].items():
             shown = errs[:5] + ([f"... {len(errs) - 5} more"] if len(errs) > 5 else [])
             md.append(f"- {r['night']} {way}: " + "; ".join(shown))
+    if lengths is not None:
+        md += ["", lengths_table(lengths)]
     if brk is not None:
         md += ["", breakdown_table(brk)]
     md += ["", "Environment:", "", env_text(info)]
@@ -778,7 +835,7 @@ def main(argv=None) -> int:
     print()
     print(text)
     if args.out:
-        payload = {"info": info, "nights": results, "breakdown": brk}
+        payload = {"info": info, "nights": results, "breakdown": brk, "lengths": lengths}
         if args.out.suffix == ".json":
             args.out.write_text(json.dumps(payload, indent=1, default=str))
         elif args.out.suffix == ".md":
