@@ -858,3 +858,37 @@ def test_programming_errors_inside_the_estimate_are_not_hidden(field, prepared, 
     monkeypatch.setattr(impl, "_correlate", broken)
     with pytest.raises(ZeroDivisionError):
         estimate_shift(prepared, render(field, 1.0, 1.0, seed=28))
+
+
+def test_detection_shortcuts_equal_the_scipy_filters():
+    # the local maxima, neighbours and strip-threaded smoothing are exact replacements
+    from scipy import ndimage
+
+    from starshift.registration._sources import (
+        _STRIP_MIN,
+        _local_maxima,
+        _neighbours,
+        _smoothed,
+    )
+
+    rng = np.random.default_rng(11)
+    for t in range(30):
+        sm = ndimage.gaussian_filter(rng.normal(size=(40, 60)), 1.0)
+        if t % 2:
+            sm = np.round(sm, 1)  # ties between neighbours
+        for level, edge in ((-1e9, 1), (0.5, 3), (0.7, 5)):  # the filter's branch, then ours
+            mx = ndimage.maximum_filter(sm, size=3, mode="nearest")
+            cand = (sm == mx) & (sm > level)
+            cand[:edge, :] = cand[-edge:, :] = False
+            cand[:, :edge] = cand[:, -edge:] = False
+            for got, want in zip(_local_maxima(sm, level, edge), np.nonzero(cand), strict=True):
+                np.testing.assert_array_equal(got, want)
+    x, y = rng.integers(0, 200, 500), rng.integers(0, 200, 500)
+    near = _neighbours(x, y, 10.0)
+    for i in range(0, 500, 7):
+        want = np.nonzero((x - x[i]) ** 2 + (y - y[i]) ** 2 <= 100)[0]
+        np.testing.assert_array_equal(np.sort(near(i)), want)
+    img = rng.normal(size=(_STRIP_MIN // 1000 + 3, 1000)).astype(np.float32)
+    for sigma in (1.0, 2.6):
+        np.testing.assert_array_equal(_smoothed(img, sigma),
+                                      ndimage.gaussian_filter(img, sigma, mode="nearest"))
