@@ -7,8 +7,8 @@ conversion to numpy's (y, x) order happens here and nowhere else.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from ._lazy import ndimage
 from ._stats import median
 
 ORDERS = (0, 1, 3)

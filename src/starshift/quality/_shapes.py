@@ -14,8 +14,8 @@ star_shapes
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
+from .._lazy import ndimage
 from .._stats import FWHM_PER_SIGMA, MAD_TO_SIGMA
 
 __all__ = ["star_shapes"]

@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import fft as sfft
 
+from .._lazy import fft as sfft
 from .._stats import mad_sigma, sampled_median
 from ._clean import (
     _auto_bin,

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from .._lazy import ndimage
 from .._stats import FWHM_PER_SIGMA, mad_sigma, sampled_median
 from ._centroid import (
     _cutouts,
