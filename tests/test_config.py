@@ -27,12 +27,25 @@ def test_align_defaults_and_documented_overrides():
     assert list(cfg.bad_frames) == ["NGC_3201_V_60.000secs_00001596.fit"]
 
 
+def test_align_overrides_apply_as_hydra_applies_them():
+    # parsed by Hydra's grammar, merged into the schema; Hydra's own keys change nothing
+    cfg = compose_align(["centroid.box_center=[1,2]", "++jobs=3", "hydra.job.name=x",
+                         "pre_shift={a.fit:[1,2]}", "pre_shift={b.fit:[3,4]}",
+                         "reference='ñ01.fit'"])
+    assert list(cfg.centroid.box_center) == [1, 2] and cfg.jobs == 3
+    assert {k: list(v) for k, v in cfg.pre_shift.items()} == {"a.fit": [1, 2], "b.fit": [3, 4]}
+    assert cfg.reference == "ñ01.fit" and "hydra" not in cfg
+
+
 @pytest.mark.parametrize("override, message", [
     ("centroid.box_sise=3", "box_sise"),
     ("centroid.box_size=abc", "box_size"),
     ("shift.order=2", "shift.order"),
     ("method=magic", "method"),
     ("pre_shift={a.fit:[1,2,3]}", "pre_shift"),
+    ("+reject.max_residual=0.2", "already set"),  # + adds a key; this one exists
+    ("method=box,auto", "starshift sweep"),
+    ("centroid@x.box_size=3", "no config groups"),
 ])
 def test_align_config_errors_are_one_clear_line(override, message):
     with pytest.raises(StarshiftError, match=message) as info:
