@@ -27,6 +27,10 @@ overrides (Hydra syntax, KEY=VALUE):
   shift.order=0|1|3  shift.fill=median|nan|zero|NUMBER  shift.subtract_background=true
   reject.max_residual=0.5               limit on the re-measured "new shift", px
   glob='*.fit,*.fits,*.fts'             which files are considered
+  jobs=0                                worker processes (0: one per core)
+  executor=local|dask                   where frames run: forked workers or dask workers
+  dask.address=tcp://HOST:8786          executor=dask: an existing scheduler (default: a
+                                        LocalCluster of `jobs` workers); docs/cluster.md
 
 example:
   starshift align data/sample/march_09_2018 out/march_09 method=box \\
