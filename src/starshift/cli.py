@@ -206,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "is written to the sweep directory.",
                         epilog="example: starshift sweep -m night=march_09_2018 "
                                "centroid.box_size=15,20,25,30\n"
-                               "parallel: add hydra/launcher=joblib",
+                               "parallel: add hydra/launcher=joblib jobs=1 (jobs: worker "
+                               "processes per job)\n"
+                               "SLURM: hydra/launcher=submitit_slurm (pip install "
+                               "'starshift[cluster]'); docs/cluster.md",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sw.add_argument("--conf", default="conf", help="config directory (default conf)")
     sw.add_argument("hydra_args", nargs=argparse.REMAINDER, help="Hydra arguments and overrides")
