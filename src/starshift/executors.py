@@ -9,7 +9,8 @@ pure function of the frame's name.
 ``local`` (the default) forks ``jobs`` worker processes from this one (``jobs=1``: this process
 alone). Forked workers start with everything the parent has imported and prepared (the reference
 included), so a worker costs no start-up of its own; the parent imports what the per-frame code
-imports lazily (``preload``) before it forks. Ctrl-C and SIGTERM are handled by the run's
+imports lazily when ``preload`` names them, before it forks (the night loop needs none:
+the reference, prepared in the parent, imports them). Ctrl-C and SIGTERM are handled by the run's
 process: the workers ignore Ctrl-C, finish the frames in flight, and die with the run's process
 even when it is killed with ``kill -9``.
 

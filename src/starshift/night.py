@@ -458,13 +458,9 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
     """
     task = _FrameTask(read, ref, method, pre_shift or {}, fill, measured, shift, cards or {},
                       sink)
-    yield from ordered_map(task, names, jobs, executor, preload=PER_FRAME_IMPORTS)
-
-
-#: modules the per-frame code imports lazily (registration's matching, the box centroid): the
-#: run's process imports them before it forks its workers (most are imported already, by the
-#: reference's preparation)
-PER_FRAME_IMPORTS = ("scipy.spatial", "photutils.centroids")
+    # the reference was prepared here, which imported what the per-frame code imports lazily
+    # (the aligner's star matching, the box centroid): forked workers start warm
+    yield from ordered_map(task, names, jobs, executor)
 
 
 @dataclass
