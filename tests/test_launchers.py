@@ -1,5 +1,6 @@
 """Sweeps through Hydra's launchers: the jobs run elsewhere (submitit: separate processes, as on
-a SLURM cluster), the sweep summary is the same as with the basic launcher."""
+a SLURM cluster), the sweep summary is the same as with the basic launcher, whatever ``jobs``
+each job is given."""
 
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def test_submitit_sweep_summary_equals_the_basic_launchers(small_night, tmp_path
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     basic = _sweep(tmp_path, small_night, monkeypatch, "basic")
     submitit = _sweep(tmp_path, small_night, monkeypatch, "submitit",
-                      "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+                      "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                      "jobs=1")  # each job one worker process: the jobs run side by side
     assert len(basic) == 2 and sorted(basic["box_size"]) == [9, 21]
     pd.testing.assert_frame_equal(basic, submitit)

@@ -33,7 +33,8 @@ def run_job(cfg) -> dict:
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
-    overrides = [o for o in hc.overrides.task if not o.startswith("night=")]
+    # the night names the job's folder; how many workers ran it is not a result
+    overrides = [o for o in hc.overrides.task if not o.startswith(("night=", "jobs="))]
     metrics: dict = {"job": out.name, "night": str(cfg.night_name), "overrides": overrides}
     for o in overrides:
         key, _, value = o.partition("=")
