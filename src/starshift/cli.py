@@ -35,6 +35,10 @@ overrides (Hydra syntax, KEY=VALUE):
   shift.order=0|1|3  shift.fill=median|nan|zero|NUMBER  shift.subtract_background=true
   reject.max_residual=0.5               limit on the re-measured "new shift", px
   glob='*.fit,*.fits,*.fts'             which files are considered
+  jobs=0                                worker processes (0: one per core)
+  executor=local|dask                   where frames run: forked workers or dask workers
+  dask.address=tcp://HOST:8786          executor=dask: an existing scheduler (default: a
+                                        LocalCluster of `jobs` workers); docs/cluster.md
 
 example:
   starshift align data/sample/march_09_2018 out/march_09 method=box \\
@@ -210,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "is written to the sweep directory.",
                         epilog="example: starshift sweep -m night=march_09_2018 "
                                "centroid.box_size=15,20,25,30\n"
-                               "parallel: add hydra/launcher=joblib",
+                               "parallel: add hydra/launcher=joblib jobs=1 (jobs: worker "
+                               "processes per job)\n"
+                               "SLURM: hydra/launcher=submitit_slurm (pip install "
+                               "'starshift[cluster]'); docs/cluster.md",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sw.add_argument("--conf", default="conf", help="config directory (default conf)")
     sw.add_argument("hydra_args", nargs=argparse.REMAINDER, help="Hydra arguments and overrides")

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import StarshiftError
+from .executors import DASK_MISSING, EXECUTORS, Executor, dask_installed
 from .quality import QualityLimits
 from .registration import FrameParams, ReferenceParams
 
@@ -150,11 +151,23 @@ class FramesConfig:
 
 
 @dataclass
+class DaskConfig:
+    """``executor=dask``: the scheduler's address (``tcp://host:8786``); null starts a
+    LocalCluster of ``jobs`` single-threaded worker processes on this machine."""
+
+    address: str | None = Executor.address
+
+
+@dataclass
 class AlignConfig(FramesConfig):
     """Everything needed to align one directory of frames. ``jobs``: worker processes (0: one
-    per core); the outputs are the same for any number."""
+    per core); ``executor``: where they run, ``local`` (forked from this process) or ``dask``
+    (:mod:`starshift.executors`). The outputs are the same for any number and either executor.
+    """
 
     jobs: int = 0
+    executor: str = Executor.kind
+    dask: DaskConfig = field(default_factory=DaskConfig)
 
     shift: ShiftConfig = field(default_factory=ShiftConfig)
     reject: RejectConfig = field(default_factory=RejectConfig)
@@ -301,9 +314,24 @@ def check_align(cfg: DictConfig) -> None:
     if cfg.get("jobs", 0) < 0:
         raise StarshiftError(f"jobs={cfg.jobs}: use 0 (one worker per core) or a number of "
                              "workers")
+    check_executor(cfg)
     for name, value in cfg.pre_shift.items():
         if len(value) != 2:
             raise StarshiftError(f"pre_shift.{name}: give two whole numbers, [dx,dy]")
+
+
+def check_executor(cfg: DictConfig) -> None:
+    """``executor`` and ``dask.address``: a known executor, dask installed when asked for, an
+    address only with dask. Raises :class:`StarshiftError`."""
+    executor = cfg.get("executor", Executor.kind)
+    if executor not in EXECUTORS:
+        raise StarshiftError(f"executor={executor}: use one of {', '.join(EXECUTORS)}")
+    address = cfg.dask.address if "dask" in cfg else None
+    if executor == "dask" and not dask_installed():
+        raise StarshiftError(DASK_MISSING)
+    if address is not None and executor != "dask":
+        raise StarshiftError(f"dask.address={address} is set but executor={executor}; add "
+                             "executor=dask (or drop dask.address)")
 
 
 #: ``reject.*`` limits with a range narrower than "a positive number"

@@ -16,11 +16,7 @@ configuration is turned into these at the edge (:mod:`starshift.config`).
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +27,7 @@ from . import __version__
 from . import columns as C
 from ._stats import median
 from .errors import StarshiftError
+from .executors import Executor, ordered_map
 from .headers import ascii_value, shifted_header
 from .quality import (
     QualityLimits,
@@ -415,7 +412,7 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
                 shift: ShiftSettings | None = None,
                 cards: Mapping[str, tuple[Any, str]] | None = None,
                 sink: Callable[[str, np.ndarray, Any], None] | None = None,
-                jobs: int = 1) -> Iterator[FrameResult]:
+                jobs: int = 1, executor: Executor | None = None) -> Iterator[FrameResult]:
     """Run a night's frames through measuring and/or shifting, one frame at a time.
 
     Parameters
@@ -424,8 +421,8 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
         The night's frames, in order. Each is read once with ``read`` (the reference's data is
         taken from ``ref`` instead of being read again).
     read : callable
-        ``read(name) -> (data, header)``; picklable when ``jobs > 1`` (a module-level
-        function or a :func:`functools.partial` of one).
+        ``read(name) -> (data, header)``; picklable for ``executor=dask`` (a module-level
+        function, a :func:`functools.partial` of one, or an instance of a module-level class).
     ref : NightReference
         The prepared reference (:func:`prepare_night_reference`).
     method : Method
@@ -443,12 +440,15 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
         Extra header cards for shifted frames (provenance).
     sink : callable, optional
         ``sink(name, data, header)`` receives each shifted frame where it was made (in the
-        worker with ``jobs > 1``), so frames need not travel between processes; the results
-        then carry no data.
+        worker with ``jobs > 1`` or dask), so frames need not travel between processes; the
+        results then carry no data. With dask the workers must see the sink's folder.
     jobs : int
         Worker processes (1: this process). Results come in the order of ``names`` and are
         the same whatever the number of workers; at most ``2 x jobs`` frames are in flight, so
         memory does not grow with the night's length.
+    executor : Executor, optional
+        Where the frames run (:mod:`starshift.executors`): forked local workers (default) or a
+        dask cluster; the results are the same.
 
     Yields
     ------
@@ -458,74 +458,9 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
     """
     task = _FrameTask(read, ref, method, pre_shift or {}, fill, measured, shift, cards or {},
                       sink)
-    names = list(names)
-    if jobs <= 1 or len(names) < 2:
-        yield from map(task, names)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_task,
-                             initargs=(task, os.getpid())) as pool:
-        pending = []
-        for name in names:
-            with _signals_held():  # the pool forks its workers in submit
-                pending.append(pool.submit(_run_task, name))
-            if len(pending) >= 2 * jobs:
-                yield pending.pop(0).result()
-        for future in pending:
-            yield future.result()
-
-
-_TASK = None  # the worker's task, set once per worker process
-
-
-def _set_task(task, parent: int | None = None) -> None:
-    global _TASK
-    _TASK = task
-    # the run's process handles Ctrl-C and SIGTERM (it stops the pool, then cleans up)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
-    if parent is not None:
-        _die_with(parent)
-
-
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait while the pool forks: their handler, run inside the fork's
-    hooks, would have its exception ignored (the interruption lost, a traceback printed);
-    they are handled right after."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def _die_with(parent: int) -> None:
-    """Have this worker killed when the run's process ``parent`` dies, by kill -9 too: an
-    orphaned worker would wait forever, and could write a frame into a later run's staging.
-    Linux (prctl PR_SET_PDEATHSIG); elsewhere a worker ends when its queue closes."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before that
-        os._exit(1)
-
-
-def _run_task(name: str) -> FrameResult:
-    return _TASK(name)
+    # the reference was prepared here, which imported what the per-frame code imports lazily
+    # (the aligner's star matching, the box centroid): forked workers start warm
+    yield from ordered_map(task, names, jobs, executor)
 
 
 @dataclass

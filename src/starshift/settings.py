@@ -97,6 +97,7 @@ class NightSettings:
     catalogue: dict[str, Any] | None = None
     params_hash: str = ""
     jobs: int = 1
+    executor: Any = None
 
 
 def night_settings(cfg: Any, parts: Iterable[str] = ALL_PARTS) -> NightSettings:
@@ -135,7 +136,19 @@ def night_settings(cfg: Any, parts: Iterable[str] = ALL_PARTS) -> NightSettings:
         catalogue=dict(auto) if auto is not None else None,
         params_hash=params_hash(got),
         jobs=worker_count(view["jobs"] if "jobs" in view else 0),
+        executor=executor_of(view),
     )
+
+
+def executor_of(view: Reads):
+    """Where the frames run (:class:`starshift.executors.Executor`): ``executor`` and
+    ``dask.address`` when the config has them (``starshift align``), else the default (the
+    pipeline's nights have neither). Like ``jobs`` it changes no output: not hashed."""
+    from .executors import Executor
+
+    if "executor" not in view:
+        return Executor()
+    return Executor(view["executor"], view["dask"]["address"])
 
 
 def worker_count(jobs: int) -> int:

@@ -177,7 +177,7 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
     ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
     names = found.names
     results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
-                          pre_shift=s.pre_shift, fill=s.fill, jobs=s.jobs)
+                          pre_shift=s.pre_shift, fill=s.fill, jobs=s.jobs, executor=s.executor)
     rows = [r.row for r in _progress(results, len(names), f"measure {input_dir.name}", progress)]
     return _shifts_table(rows), ref
 
@@ -234,7 +234,8 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
     results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
                           pre_shift=s.pre_shift, fill=s.fill,
                           shift=s.shift, cards=_provenance(s),
-                          sink=_Sink(out.staging) if out is not None else None, jobs=s.jobs)
+                          sink=_Sink(out.staging) if out is not None else None,
+                          jobs=s.jobs, executor=s.executor)
     with closing(results):  # on an interruption the workers stop before the staging goes
         rows = [r.row for r in _progress(results, len(names), f"align {input_dir.name}",
                                          progress)]
@@ -273,7 +274,7 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
         results = align_night(names, _reader(input_dir), ref, s.method,
                               measured=dict(zip(names, table.to_dict("records"), strict=True)),
                               shift=s.shift, cards=_provenance(s), sink=_Sink(out.staging),
-                              jobs=s.jobs)
+                              jobs=s.jobs, executor=s.executor)
         with closing(results):  # on an interruption the workers stop before the staging goes
             rows = [r.row for r in _progress(results, len(names), f"shift {input_dir.name}",
                                              progress)]
@@ -326,7 +327,7 @@ def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False) -> pd
     ref_name = table.loc[table[C.REFERENCE] == 1, C.FILE].iloc[0]
     ref = load_reference(input_dir, ref_name, s)
     results = align_night(names, _reader(input_dir), ref, other, pre_shift=s.pre_shift,
-                          fill=s.fill, jobs=s.jobs)
+                          fill=s.fill, jobs=s.jobs, executor=s.executor)
     rows = [r.row for r in _progress(results, len(names), f"compare {input_dir.name}",
                                      progress)]
     mine, theirs = table, pd.DataFrame(rows)

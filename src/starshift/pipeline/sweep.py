@@ -26,20 +26,23 @@ def run_job(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from .. import columns as C
-    from ..config import effective_align
+    from ..config import effective_align, to_plain, validate_align
     from ..errors import StarshiftError
     from ..report.metrics import night_metrics, with_truth
     from .stages import align
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
-    overrides = [o for o in hc.overrides.task if not o.startswith("night=")]
+    # the night names the job's folder; how many workers ran it is not a result
+    overrides = [o for o in hc.overrides.task if not o.startswith(("night=", "jobs="))]
     metrics: dict = {"job": out.name, "night": str(cfg.night_name), "overrides": overrides}
     for o in overrides:
         key, _, value = o.partition("=")
         metrics[key.lstrip("+~")] = value
     try:
         ncfg = effective_align(cfg.night, cfg)
+        if cfg.get("jobs") is not None:  # the sweep's, for every job
+            ncfg = validate_align({**to_plain(ncfg), "jobs": cfg.jobs})
         diag = align(cfg.night.input_dir, out, ncfg, progress=False,
                      write_frames=bool(cfg.get("write_frames", False)))
         truth_path = Path(cfg.night.input_dir) / "truth.csv"
