@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ..shift import ORDERS, apply_shift
+from ..shift import ORDERS, apply_shift, fill_value
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +335,10 @@ def shift_photometry(raw: np.ndarray, dx: float, dy: float, stars: pd.DataFrame,
     half = int(math.ceil(r_out)) + 1
     dx, dy = float(dx), float(dy)
     rdx, rdy = round(dx), round(dy)  # exactly as apply_shift rounds for order 0
-    shifted = {o: apply_shift(raw, dx, dy, order=o, fill=fill) for o in orders}
+    # the fill value once (apply_shift would take the frame's median again for every order);
+    # order 0 only moves pixels, so its cutouts are the raw frame's (no shifted frame needed)
+    cval = fill_value(raw, fill)
+    shifted = {o: apply_shift(raw, dx, dy, order=o, fill=cval) for o in orders if o != 0}
 
     rows = []
     for star, x, y in zip(stars["star"], stars["x"].astype(float), stars["y"].astype(float),
@@ -366,9 +369,11 @@ def shift_photometry(raw: np.ndarray, dx: float, dy: float, stars: pd.DataFrame,
         ap_after = None
         for o in orders:
             if o == 0:
-                # the same pixels, moved by whole pixels: identical cutout, identical apertures
-                ok = cut is not None
-                after = _cutout(shifted[0], bix + rdx, biy + rdy, half) if ok else None
+                # the same pixels, moved by whole pixels: identical cutout, identical apertures;
+                # the order-0 frame's cutout at (bix + rdx, biy + rdy) is ``cut`` itself when it
+                # lies inside the frame (its source pixels do: ``cut`` is not None)
+                ok = cut is not None and _cutout(raw, bix + rdx, biy + rdy, half) is not None
+                after = cut if ok else None
                 aps = ap_before
             else:
                 m = _EDGE_MARGIN[o]
