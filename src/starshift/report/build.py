@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import sys
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -333,32 +330,21 @@ def aligned_images(night: str, diag: pd.DataFrame, shifted: Path,
 
 
 class _Builders:
-    """Runs the report's builders side by side: one forked worker process per core this
-    process may use, or (one core, no ``fork``) each right away in this process.
-
-    The workers ignore Ctrl-C (this process handles it: it stops them, and the staging goes)
-    and die with this process, by kill -9 too; they write nothing, so a stopped builder
-    leaves nothing behind.
-    """
+    """Runs the report's builders side by side: one forked worker per core this process may
+    use (:func:`starshift._forkpool.fork_pool`), or (one core, no ``fork``) each right away
+    in this process."""
 
     def __init__(self, jobs: int | None = None):
-        import multiprocessing as mp
-
         from ..settings import worker_count
 
         self.jobs = worker_count(0) if jobs is None else jobs
-        self._mp = mp
+        self._stack = ExitStack()
         self.pool = None
 
     def __enter__(self) -> _Builders:
-        if self.jobs > 1 and "fork" in self._mp.get_all_start_methods():
-            import importlib
+        from .._forkpool import fork_pool
 
-            for module in _PRELOAD:  # once here, not once in every worker
-                importlib.import_module(module)
-            with _signals_held():  # a worker forked with them pending would take them
-                self.pool = self._mp.get_context("fork").Pool(
-                    self.jobs, initializer=_builder_init, initargs=(os.getpid(),))
+        self.pool = self._stack.enter_context(fork_pool(self.jobs, _PRELOAD))
         return self
 
     def submit(self, fn, *args):
@@ -367,14 +353,8 @@ class _Builders:
             return _Done(fn(*args))
         return _Pending(self.pool.apply_async(fn, args))
 
-    def __exit__(self, kind, exc, tb) -> None:
-        if self.pool is None:
-            return
-        if kind is None:
-            self.pool.close()
-        else:  # interrupted or failed: the other builders' work is not needed
-            self.pool.terminate()
-        self.pool.join()
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
 
 
 #: What the builders import (seconds of start-up each), imported before the workers fork.
@@ -399,39 +379,6 @@ class _Pending:
 
     def result(self):
         return self.handle.get()
-
-
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait while the workers are forked (then are handled here)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def _builder_init(parent: int) -> None:
-    """A builder worker: Ctrl-C is the stage's to handle; SIGTERM ends it; it dies with the
-    stage's process ``parent`` (Linux: PR_SET_PDEATHSIG), which would otherwise leave it
-    waiting forever."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before that
-        os._exit(1)
 
 
 def _fmt(v) -> str:
