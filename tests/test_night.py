@@ -104,3 +104,30 @@ def test_a_third_method_is_one_class(small_night):
         assert abs(r.row[C.DX] - tdx) <= 0.5 and abs(r.row[C.DY] - tdy) <= 0.5
         assert r.row[C.METHOD] in ("truth",)
         assert r.header["SSMETHOD"] == "truth"
+
+
+def test_quality_false_measures_the_same_shifts_without_the_metrics(small_night, monkeypatch):
+    """The compare stage's switch: the same shift columns, and frame_quality never runs."""
+    paths = sorted(p for p in small_night.glob("f*.fit"))
+    ref_data, ref_header = starshift.io.read_frame(paths[0])
+    cfg = compose_align(["method=auto"])
+    s = starshift.settings.night_settings(cfg, ["measure"])
+    ref = starshift.night.prepare_night_reference(paths[0].name, ref_data, ref_header,
+                                                  s.catalogue)
+    names = [p.name for p in paths]
+
+    def run(**kw):
+        return [r.row for r in starshift.night.align_night(
+            names, lambda n: starshift.io.read_frame(small_night / n), ref, s.method, **kw)]
+
+    full = run()
+    calls = Counter()
+    for fn in ("frame_quality", "reference_quality"):
+        real = getattr(starshift.night, fn)
+        monkeypatch.setattr(starshift.night, fn,
+                            lambda *a, _f=fn, _r=real: calls.update([_f]) or _r(*a))
+    lean = run(quality=False)
+    assert not calls
+    for a, b in zip(full, lean, strict=True):
+        assert C.FWHM in a and C.FWHM not in b
+        assert {k: a[k] for k in b} == b

@@ -82,3 +82,34 @@ def test_summary_writes_index(reported, project):
     assert "## tiny" in index and "plots/tiny/order0_vs_order1.gif" in index
     assert "tiny/rejected.csv" in index and "plots/tiny/blink.gif" in index
     assert "Composed configuration" in index and "params" in index.lower()
+
+
+def test_report_builders_in_workers_give_the_same_files(reported, monkeypatch):
+    """The builders run side by side in worker processes, or one after the other in this
+    process: every file comes out the same, byte for byte."""
+    import starshift.settings
+
+    paths, _ = reported
+    outs = [paths[k] for k in ("report", "plots", "stack")]
+    files = {}
+    for jobs in (2, 1):
+        monkeypatch.setattr(starshift.settings, "worker_count", lambda _, n=jobs: n)
+        _run("report", paths)
+        files[jobs] = {p: {f.name: f.read_bytes() for f in p.iterdir()} for p in outs}
+        files[jobs]["metrics"] = paths["metrics"].read_bytes()
+    assert files[1] == files[2]
+    assert {"quality.png", "blink.gif", "stack.png", "residuals.png"} <= set(files[1][outs[1]])
+
+
+def test_report_builders_raise_a_workers_error_here():
+    from starshift.errors import StarshiftError
+    from starshift.report.build import _Builders
+
+    with pytest.raises(StarshiftError, match="bad frame"), _Builders(2) as b:
+        b.submit(_fail, "bad frame").result()
+
+
+def _fail(message):
+    from starshift.errors import StarshiftError
+
+    raise StarshiftError(message)

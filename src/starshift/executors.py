@@ -98,6 +98,82 @@ def ordered_map(task: Callable[[Any], Any], items: Iterable, jobs: int = 1,
 
 
 # --------------------------------------------------------------------------- local (fork)
+def cores() -> int:
+    """The cores this process may use (the default number of workers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def fork_pool(jobs: int, preload: Iterable[str] = ()) -> Iterator[Any]:
+    """A :class:`multiprocessing.pool.Pool` of ``jobs`` forked workers for independent pieces
+    of pure work of different kinds (the report's images), or None (one job, or no ``fork``
+    on this platform: do the work in this process). Workers start like the night loop's
+    (:func:`_worker_init`); they compute and return, the caller writes.
+
+    ``preload``: modules to import before forking, once here rather than once per worker.
+    Leaving the block normally waits for the workers; an exception stops them at once.
+    """
+    import multiprocessing as mp
+
+    if jobs <= 1 or "fork" not in mp.get_all_start_methods():
+        yield None
+        return
+    for module in preload:
+        importlib.import_module(module)
+    with _signals_held():  # a worker forked with them pending would take them
+        pool = mp.get_context("fork").Pool(jobs, initializer=_worker_init,
+                                           initargs=(os.getpid(),))
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
+
+
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait while workers are forked: their handler, run inside the fork's
+    hooks, would have its exception ignored (the interruption lost, a traceback printed);
+    they are handled right after."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _worker_init(parent: int) -> None:
+    """A forked worker: Ctrl-C and SIGTERM are the run's process's to handle (it stops the
+    workers, then cleans up), SIGTERM ends the worker, and the worker dies with the run's
+    process ``parent``, by kill -9 too: an orphaned worker would wait forever, and could write
+    a frame into a later run's staging. Linux (prctl PR_SET_PDEATHSIG); elsewhere a worker
+    ends when its queue closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before that
+        os._exit(1)
+
+
 def _fork_map(task, items: list, jobs: int, preload: Iterable[str]) -> Iterator:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -120,47 +196,10 @@ def _fork_map(task, items: list, jobs: int, preload: Iterable[str]) -> Iterator:
 _TASK = None  # the worker's task, set once per worker process
 
 
-def _set_task(task, parent: int | None = None) -> None:
+def _set_task(task, parent: int) -> None:
     global _TASK
     _TASK = task
-    # the run's process handles Ctrl-C and SIGTERM (it stops the pool, then cleans up)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _INTERRUPTS)
-    if parent is not None:
-        _die_with(parent)
-
-
-_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
-
-
-@contextmanager
-def _signals_held():
-    """Ctrl-C and SIGTERM wait while the pool forks: their handler, run inside the fork's
-    hooks, would have its exception ignored (the interruption lost, a traceback printed);
-    they are handled right after."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
-
-
-def _die_with(parent: int) -> None:
-    """Have this worker killed when the run's process ``parent`` dies, by kill -9 too: an
-    orphaned worker would wait forever, and could write a frame into a later run's staging.
-    Linux (prctl PR_SET_PDEATHSIG); elsewhere a worker ends when its queue closes."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # it died before that
-        os._exit(1)
+    _worker_init(parent)
 
 
 def _run_task(item):

@@ -260,8 +260,9 @@ def _accumulated(header, key: str, add: float) -> float:
 
 
 def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method,
-                pre: tuple[int, int], fill: str | float) -> dict:
-    """The shifts-table row of one frame (the measured shift onto the reference)."""
+                pre: tuple[int, int], fill: str | float, quality: bool = True) -> dict:
+    """The shifts-table row of one frame (the measured shift onto the reference), with its
+    quality metrics (:func:`frame_quality`) unless ``quality`` is False."""
     row = {C.PRE_DX: pre[0], C.PRE_DY: pre[1], C.METHOD: method.name, C.X: np.nan,
            C.Y: np.nan, C.DX: np.nan, C.DY: np.nan, C.SIGMA_DX: np.nan, C.SIGMA_DY: np.nan,
            C.N_STARS: 0, C.FLIP: 0, C.STATUS: "ok", C.REASON: ""}
@@ -270,7 +271,8 @@ def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method
                     C.N_STARS: method.reference_n_stars})
         if ref.position is not None:
             row[C.X], row[C.Y] = ref.position
-        row.update(reference_quality(ref))
+        if quality:
+            row.update(reference_quality(ref))
         return row
     if data.shape != ref.data.shape:
         row.update({C.STATUS: C.FAILED, C.PRE_DX: 0, C.PRE_DY: 0,
@@ -283,7 +285,8 @@ def measure_row(name: str, data: np.ndarray, ref: NightReference, method: Method
     if not m.ok:
         row.update({C.STATUS: C.FAILED, C.REASON: m.reason})
         return row
-    row.update(frame_quality(ref, np.rot90(moved, 2) if m.flipped else moved, m))
+    if quality:
+        row.update(frame_quality(ref, np.rot90(moved, 2) if m.flipped else moved, m))
     row.update({C.DX: m.dx + pre[0], C.DY: m.dy + pre[1], C.SIGMA_DX: m.sigma_dx,
                 C.SIGMA_DY: m.sigma_dy, C.N_STARS: m.n_stars, C.FLIP: int(m.flipped)})
     if m.position is not None:
@@ -412,7 +415,8 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
                 shift: ShiftSettings | None = None,
                 cards: Mapping[str, tuple[Any, str]] | None = None,
                 sink: Callable[[str, np.ndarray, Any], None] | None = None,
-                jobs: int = 1, executor: Executor | None = None) -> Iterator[FrameResult]:
+                jobs: int = 1, executor: Executor | None = None, quality: bool = True
+                ) -> Iterator[FrameResult]:
     """Run a night's frames through measuring and/or shifting, one frame at a time.
 
     Parameters
@@ -449,6 +453,9 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
     executor : Executor, optional
         Where the frames run (:mod:`starshift.executors`): forked local workers (default) or a
         dask cluster; the results are the same.
+    quality : bool
+        Measure each frame's quality metrics (:func:`frame_quality`); False leaves them out
+        of the rows (the DVC ``compare`` stage, which only compares shifts).
 
     Yields
     ------
@@ -457,7 +464,7 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
         header (``None`` for a failed frame).
     """
     task = _FrameTask(read, ref, method, pre_shift or {}, fill, measured, shift, cards or {},
-                      sink)
+                      sink, quality)
     # the reference was prepared here, which imported what the per-frame code imports lazily
     # (the aligner's star matching, the box centroid): forked workers start warm
     yield from ordered_map(task, names, jobs, executor)
@@ -476,6 +483,7 @@ class _FrameTask:
     shift: ShiftSettings | None
     cards: Mapping[str, tuple[Any, str]]
     sink: Callable[[str, np.ndarray, Any], None] | None
+    quality: bool = True
 
     def __call__(self, name: str) -> FrameResult:
         ref, shift = self.ref, self.shift
@@ -490,7 +498,7 @@ class _FrameTask:
                                        shift)
         if self.measured is None:
             row = measure_row(name, data, ref, self.method, self.pre_shift.get(name, (0, 0)),
-                              self.fill)
+                              self.fill, self.quality)
             row.update({C.FILE: name, C.FILTER: str(header.get("FILTER", "")),
                         C.EXPTIME: _header_number(header, "EXPTIME"),
                         C.REFERENCE: int(name == ref.name)})

@@ -154,14 +154,9 @@ def executor_of(view: Reads):
 def worker_count(jobs: int) -> int:
     """Worker processes for ``jobs`` (0: one per core this process may use). How many
     workers run changes no output, so it is not a parameter of the results (not hashed)."""
-    import os
+    from .executors import cores
 
-    if jobs and jobs > 0:
-        return int(jobs)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return int(jobs) if jobs and jobs > 0 else cores()
 
 
 #: The groups a night shares with every other night (top level of params.yaml).

@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
+from functools import partial
 from pathlib import Path
 
 from astropy.io import fits
 
+from ..executors import cores, ordered_map
 from ..io import write_frame, write_table, write_text
 from .extra import truth_readme
 from .nights import bias_file_name, night_plan, render_bias, render_frame, truth_table
@@ -74,12 +76,15 @@ def generate_night(out_dir: str | os.PathLike, night: str, seed: int = DEFAULT_S
     night_dir = Path(out_dir) / night
     night_dir.mkdir(parents=True, exist_ok=True)
     indices: Iterable[int] = range(len(plan.frames))
+    # frames are rendered side by side (each has its own random numbers: the same bytes),
+    # and written here, in order
+    rendered = ordered_map(partial(_render, night, seed), indices,
+                           jobs=min(cores(), len(plan.frames)))
     if progress:
         from tqdm import tqdm
 
-        indices = tqdm(indices, desc=night, unit="frame", leave=False)
-    for i in indices:
-        data, header, _ = render_frame(night, i, seed)
+        rendered = tqdm(rendered, total=len(plan.frames), desc=night, unit="frame", leave=False)
+    for i, (data, header) in enumerate(rendered):
         write_frame(night_dir / plan.frames[i].file, data, fits_header(header))
     for j in range(N_BIAS):
         data, header = render_bias(night, j, seed)
@@ -91,6 +96,11 @@ def generate_night(out_dir: str | os.PathLike, night: str, seed: int = DEFAULT_S
     log.info("%s: %d light frames, %d bias frames, truth.csv", night_dir, len(plan.frames),
              N_BIAS)
     return night_dir
+
+
+def _render(night: str, seed: int, index: int) -> tuple:
+    data, header, _ = render_frame(night, index, seed)
+    return data, header
 
 
 def generate_sample(out_dir: str | os.PathLike, seed: int = DEFAULT_SEED,

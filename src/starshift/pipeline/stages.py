@@ -326,8 +326,9 @@ def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False) -> pd
     names = table[C.FILE].tolist()
     ref_name = table.loc[table[C.REFERENCE] == 1, C.FILE].iloc[0]
     ref = load_reference(input_dir, ref_name, s)
+    # only the shifts are compared: the frames' quality metrics would be thrown away
     results = align_night(names, _reader(input_dir), ref, other, pre_shift=s.pre_shift,
-                          fill=s.fill, jobs=s.jobs, executor=s.executor)
+                          fill=s.fill, jobs=s.jobs, executor=s.executor, quality=False)
     rows = [r.row for r in _progress(results, len(names), f"compare {input_dir.name}",
                                      progress)]
     mine, theirs = table, pd.DataFrame(rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -69,23 +70,40 @@ def night_report(night: str, paths: dict, cfg, progress: bool = False) -> dict:
 
     ``cfg`` is the night's settings view; the report reads ``report.*``, the search box, the
     shift's fill and the new-shift limit, nothing else.
+
+    The images are independent of each other: they are built side by side, one worker process
+    per core (:class:`_Builders`), while this process writes the tables. Every file is written
+    here, by the stage's process; the workers only read the inputs.
     """
-    from ..registration import prepare_reference
-    from .gif import evenly_spaced, order_comparison_gif
-    from .photometry import select_stars, shift_photometry, summarise_photometry
-    from .plots import flux_change_plot, residual_plot
+    from .photometry import summarise_photometry
 
     rcfg = cfg.plain("report")
     box = cfg.plain("centroid")
     fill = cfg.path("shift.fill")
     max_res = float(cfg.path("reject.max_residual"))
-    input_dir = Path(paths["frames"])
+    input_dir, shifted = Path(paths["frames"]), Path(paths["shifted"])
     diag = fio.read_table(paths["diagnostics"])
     truth_path = input_dir / "truth.csv"
     diag = with_truth(diag, fio.read_table(truth_path) if truth_path.is_file() else None)
     thresholds = fio.read_table(paths["thresholds"])
-    with fio.output_folder(paths["report"]) as rep, fio.output_folder(paths["plots"]) as img:
+    usable = _usable(diag)
+    ref_name = diag.loc[diag[REFERENCE] == 1, C.FILE].iloc[0]
+    ref_data, _ = fio.read_frame(input_dir / ref_name)
+    box_center = (None if box["box_center"] is None
+                  else tuple(float(v) for v in box["box_center"]))
+    with fio.output_folder(paths["report"]) as rep, fio.output_folder(paths["plots"]) as img, \
+            _Builders() as builders:
         out, pics = rep.staging, img.staging
+        # the longest first: the workers take them in this order
+        photometry = builders.submit(
+            _photometry_images, night, input_dir, ref_name, ref_data, usable, box_center,
+            fill, rcfg, progress)
+        stacked = builders.submit(_stack_images, night, diag, shifted, ref_data,
+                                  str(rcfg["stack_method"]))
+        quality = builders.submit(_quality_png, night, diag, thresholds)
+        residuals = builders.submit(_residual_png, night, diag, max_res)
+        blink = builders.submit(_blink_gif, night, diag, shifted, int(rcfg["blink_max_frames"]))
+
         fio.write_table(diag, out / "diagnostics.csv")
         fio.write_text(out / "diagnostics.md",
                        f"# {night}: per-frame diagnostics\n\n"
@@ -99,42 +117,6 @@ def night_report(night: str, paths: dict, cfg, progress: bool = False) -> dict:
         res = diag[[C.FILE, C.RESIDUAL_DX, C.RESIDUAL_DY, C.STATUS]].copy()
         res.insert(0, "frame", np.arange(len(res)))
         fio.write_table(res, out / "residuals.csv")
-        fio.write_bytes(pics / "residuals.png", residual_plot(diag, max_res, title=night))
-
-        usable = _usable(diag)
-        ref_name = diag.loc[diag[REFERENCE] == 1, C.FILE].iloc[0]
-        ref_data, _ = fio.read_frame(input_dir / ref_name)
-        stars = select_stars(ref_data, n=int(rcfg["n_stars"]))
-        if box["box_center"] is not None:
-            center = tuple(float(v) for v in box["box_center"])
-        elif len(stars):
-            center = (float(stars["x"].iloc[0]), float(stars["y"].iloc[0]))
-        else:
-            center = (ref_data.shape[1] / 2, ref_data.shape[0] / 2)
-        order = [ref_name] + [f for f in usable[C.FILE] if f != ref_name]
-        in_gif = {order[i] for i in evenly_spaced(len(order), int(rcfg["gif_max_frames"]))}
-        phot_rows, gif_frames = [], []
-        by_file = usable.set_index(C.FILE)
-        for name in tqdm(order, desc=f"report {night}", disable=not progress):
-            raw, _ = fio.read_frame(input_dir / name)
-            dx, dy = float(by_file.loc[name, C.DX]), float(by_file.loc[name, C.DY])
-            if len(stars):
-                p = shift_photometry(raw, dx, dy, stars, radius=float(rcfg["aperture_radius"]),
-                                     annulus=tuple(rcfg["annulus"]),
-                                     orders=tuple(rcfg["orders"]), fill=fill)
-                p.insert(0, C.FILE, name)
-                phot_rows.append(p)
-            if name in in_gif:
-                gif_frames.append((name, raw, dx, dy))
-        phot = pd.concat(phot_rows, ignore_index=True) if phot_rows else pd.DataFrame()
-        fio.write_table(phot, out / "photometry.csv", float_format="%.6g")
-        phot_summary = summarise_photometry(phot) if len(phot) else pd.DataFrame()
-        fio.write_table(phot_summary, out / "photometry_summary.csv", float_format="%.6g")
-        if len(phot):
-            fio.write_bytes(pics / "flux_change.png", flux_change_plot(phot, title=night))
-        fio.write_bytes(pics / "order0_vs_order1.gif", order_comparison_gif(
-            gif_frames, center, size=int(rcfg["gif_size"]), fill=fill,
-            scale=int(rcfg["gif_scale"]), levels=int(rcfg["gif_levels"])))
 
         metrics = night_metrics(diag)
         cmp = fio.read_table(paths["compare"])
@@ -147,6 +129,14 @@ def night_report(night: str, paths: dict, cfg, progress: bool = False) -> dict:
                            f"than {max_res:g} px on either axis, or where one method failed."
                            "\n\n" + markdown_table(cmp) + "\n")
             metrics["box_vs_auto_flagged"] = int((cmp["flag"] != "").sum())
+
+        phot, center, flux_png, order_gif = photometry.result()
+        fio.write_table(phot, out / "photometry.csv", float_format="%.6g")
+        phot_summary = summarise_photometry(phot) if len(phot) else pd.DataFrame()
+        fio.write_table(phot_summary, out / "photometry_summary.csv", float_format="%.6g")
+        if flux_png is not None:
+            fio.write_bytes(pics / "flux_change.png", flux_png)
+        fio.write_bytes(pics / "order0_vs_order1.gif", order_gif)
         if len(phot):
             for o in rcfg["orders"]:
                 col = f"rel_change_order{o}"
@@ -158,12 +148,15 @@ def night_report(night: str, paths: dict, cfg, progress: bool = False) -> dict:
         metrics["reference"] = ref_name
         metrics["params_hash"] = fio.params_hash(dict(cfg.log))
         metrics["gif_center"] = [round(center[0], 2), round(center[1], 2)]
-        positions = np.asarray(prepare_reference(ref_data).star_positions,
-                               float).reshape(-1, 2)
-        more, stacks = aligned_images(
-            night, diag, Path(paths["shifted"]), thresholds, positions, pics,
-            blink_max_frames=int(rcfg["blink_max_frames"]),
-            stack_method=str(rcfg["stack_method"]))
+
+        fio.write_bytes(pics / "residuals.png", residuals.result())
+        fio.write_bytes(pics / "quality.png", quality.result())
+        blink_bytes = blink.result()
+        if blink_bytes is not None:
+            fio.write_bytes(pics / "blink.gif", blink_bytes)
+        more, stacks, stack_bytes = stacked.result()
+        if stack_bytes is not None:
+            fio.write_bytes(pics / "stack.png", stack_bytes)
         metrics.update(more)
         with fio.output_folder(paths["stack"]) as st:
             for label, data in stacks.items():
@@ -173,48 +166,120 @@ def night_report(night: str, paths: dict, cfg, progress: bool = False) -> dict:
     return metrics
 
 
-def aligned_images(night: str, diag: pd.DataFrame, shifted: Path,
-                   thresholds: pd.DataFrame | None, positions: np.ndarray, out: Path, *,
-                   blink_max_frames: int, stack_method: str
-                   ) -> tuple[dict, dict[str, np.ndarray]]:
-    """Write ``out/quality.png`` (every quality metric per frame, with ``thresholds``),
-    ``out/blink.gif`` (the aligned frames in ``shifted``) and ``out/stack.png`` (the kept
-    aligned frames stacked per filter).
+# --------------------------------------------------------------------------- the builders
+# Each reads what it needs and returns bytes, tables or arrays (it writes nothing), so that it
+# can run in a worker process.
+def _photometry_images(night: str, input_dir: Path, ref_name: str, ref_data: np.ndarray,
+                       usable: pd.DataFrame, box_center: tuple[float, float] | None, fill,
+                       rcfg: dict, progress: bool
+                       ) -> tuple[pd.DataFrame, tuple[float, float], bytes | None, bytes]:
+    """Photometry of the reference's stars in every usable frame before and after shifting,
+    the flux-change plot (None without stars), the order-0-vs-1 GIF, and the GIF's centre
+    (the search box's, else the brightest selected star's, else the frame's)."""
+    from .gif import evenly_spaced, order_comparison_gif
+    from .photometry import select_stars, shift_photometry
+    from .plots import flux_change_plot
 
-    Returns the stack metrics (per filter ``F``: ``stack_fwhm_F``, the FWHM of the mean stack
-    -- no rejection, which would hide a misalignment -- and ``frame_fwhm_F``, the median
-    single-frame FWHM, px, both measured at ``positions``: the reference's isolated stars,
-    (N, 2), x first) and the stacks shown (``stack_method``; label -> float32 array), for the
-    caller to keep.
-    """
-    from .blink import blink_gif, blink_selection
+    stars = select_stars(ref_data, n=int(rcfg["n_stars"]))
+    if box_center is not None:
+        center = box_center
+    elif len(stars):
+        center = (float(stars["x"].iloc[0]), float(stars["y"].iloc[0]))
+    else:
+        center = (ref_data.shape[1] / 2, ref_data.shape[0] / 2)
+    order = [ref_name] + [f for f in usable[C.FILE] if f != ref_name]
+    in_gif = {order[i] for i in evenly_spaced(len(order), int(rcfg["gif_max_frames"]))}
+    phot_rows, gif_frames = [], []
+    by_file = usable.set_index(C.FILE)
+    for name in tqdm(order, desc=f"report {night}", disable=not progress):
+        raw = ref_data if name == ref_name else fio.read_frame(input_dir / name)[0]
+        dx, dy = float(by_file.loc[name, C.DX]), float(by_file.loc[name, C.DY])
+        if len(stars):
+            p = shift_photometry(raw, dx, dy, stars, radius=float(rcfg["aperture_radius"]),
+                                 annulus=tuple(rcfg["annulus"]),
+                                 orders=tuple(rcfg["orders"]), fill=fill)
+            p.insert(0, C.FILE, name)
+            phot_rows.append(p)
+        if name in in_gif:
+            gif_frames.append((name, raw, dx, dy))
+    phot = pd.concat(phot_rows, ignore_index=True) if phot_rows else pd.DataFrame()
+    flux_png = flux_change_plot(phot, title=night) if len(phot) else None
+    gif = order_comparison_gif(gif_frames, center, size=int(rcfg["gif_size"]), fill=fill,
+                               scale=int(rcfg["gif_scale"]), levels=int(rcfg["gif_levels"]))
+    return phot, center, flux_png, gif
+
+
+def _residual_png(night: str, diag: pd.DataFrame, max_res: float) -> bytes:
+    from .plots import residual_plot
+
+    return residual_plot(diag, max_res, title=night)
+
+
+def _quality_png(night: str, diag: pd.DataFrame, thresholds: pd.DataFrame | None) -> bytes:
+    """``quality.png``: every quality metric per frame, with ``thresholds``."""
     from .quality_plot import quality_plot
-    from .stack import METHOD_NAMES, stack, stack_fwhm, stack_png
 
-    fio.write_bytes(out / "quality.png", quality_plot(diag, thresholds, title=night))
+    return quality_plot(diag, thresholds, title=night)
+
+
+def _on_disk(diag: pd.DataFrame, shifted: Path) -> np.ndarray:
+    return np.array([(shifted / str(n)).is_file() for n in diag[C.FILE]], dtype=bool)
+
+
+def _blink_gif(night: str, diag: pd.DataFrame, shifted: Path, blink_max_frames: int
+               ) -> bytes | None:
+    """``blink.gif``: the aligned frames in ``shifted`` (None when none can be shown)."""
+    from .blink import blink_gif, blink_selection
 
     shifted = Path(shifted)
     names = [str(f) for f in diag[C.FILE]]
     statuses = [str(s) for s in diag[C.STATUS]]
     reasons = [r if isinstance(r, str) else "" for r in diag[C.REASON]]
-    on_disk = np.array([(shifted / n).is_file() for n in names], dtype=bool)
+    on_disk = _on_disk(diag, shifted)
     ref_i = int(np.flatnonzero(diag[REFERENCE].to_numpy() == 1)[0])
     shown = [i for i in range(len(names)) if statuses[i] != C.FAILED and on_disk[i]]
-    if shown:
-        pick = set(blink_selection(shown, statuses, blink_max_frames, ref_i))
-        frames = [fio.read_frame(shifted / n)[0] if i in pick else None
-                  for i, n in enumerate(names)]
-        fio.write_bytes(out / "blink.gif", blink_gif(
-            frames, names, statuses, max_frames=blink_max_frames, reasons=reasons,
-            reference=ref_i, title=night))
-        del frames
+    if not shown:
+        return None
+    pick = set(blink_selection(shown, statuses, blink_max_frames, ref_i))
+    frames = [fio.read_frame(shifted / n)[0] if i in pick else None
+              for i, n in enumerate(names)]
+    return blink_gif(frames, names, statuses, max_frames=blink_max_frames, reasons=reasons,
+                     reference=ref_i, title=night)
 
-    # stacks of the kept frames per filter; FWHM at the reference's isolated stars
-    kept = diag[(diag[C.STATUS] == C.KEPT).to_numpy() & on_disk]
+
+def _stack_images(night: str, diag: pd.DataFrame, shifted: Path, ref_data: np.ndarray,
+                  stack_method: str) -> tuple[dict, dict[str, np.ndarray], bytes | None]:
+    """The kept aligned frames in ``shifted`` stacked per filter, measured at the reference's
+    isolated stars: the metrics, the stacks (``stack_method``; label -> float32 array) and
+    ``stack.png`` (None without stacks); see :func:`stacks`."""
+    from ..registration import prepare_reference
+    from .stack import stack_png
+
+    positions = np.asarray(prepare_reference(ref_data).star_positions, float).reshape(-1, 2)
+    metrics, stacked, fwhm, notes = stacks(diag, shifted, positions, stack_method)
+    png = (stack_png(stacked, f"{night}: stacks of the kept aligned frames", fwhm=fwhm,
+                     note=notes) if stacked else None)
+    return metrics, stacked, png
+
+
+def stacks(diag: pd.DataFrame, shifted: Path, positions: np.ndarray, stack_method: str
+           ) -> tuple[dict, dict[str, np.ndarray], dict, dict]:
+    """The kept aligned frames in ``shifted`` stacked per filter.
+
+    Returns the stack metrics (per filter ``F``: ``stack_fwhm_F``, the FWHM of the mean stack
+    -- no rejection, which would hide a misalignment -- and ``frame_fwhm_F``, the median
+    single-frame FWHM, px, both measured at ``positions``: the reference's isolated stars,
+    (N, 2), x first), the stacks shown (``stack_method``; label -> float32 array), and per
+    label the FWHM and the note :func:`starshift.report.stack.stack_png` writes on the panel.
+    """
+    from .stack import METHOD_NAMES, stack, stack_fwhm
+
+    shifted = Path(shifted)
+    kept = diag[(diag[C.STATUS] == C.KEPT).to_numpy() & _on_disk(diag, shifted)]
     filters = (kept[C.FILTER].astype(object).fillna("").astype(str) if C.FILTER in kept
                else pd.Series("", index=kept.index))
     metrics: dict = {}
-    stacks, fwhm, notes = {}, {}, {}
+    stacked, fwhm, notes = {}, {}, {}
     for filt in sorted(set(filters)):
         rows = kept[filters == filt]
         frames = [fio.read_frame(shifted / f)[0] for f in rows[C.FILE]]
@@ -233,15 +298,87 @@ def aligned_images(night: str, diag: pd.DataFrame, shifted: Path,
                        else (stack_fwhm(data, [], positions)[0], single, check))
         notes[label] = (f"{len(frames)} kept frame(s), {METHOD_NAMES[stack_method]}"
                         + (f", scaled to {exptime.max():g} s" if mixed else ""))
-        stacks[label] = data
+        stacked[label] = data
         key = f"_{filt}" if filt else ""
         for name, v in (("stack_fwhm", check), ("frame_fwhm", single)):
             metrics[f"{name}{key}"] = round(v, 3) if np.isfinite(v) else None
         del frames, mean
-    if stacks:
+    return metrics, stacked, fwhm, notes
+
+
+def aligned_images(night: str, diag: pd.DataFrame, shifted: Path,
+                   thresholds: pd.DataFrame | None, positions: np.ndarray, out: Path, *,
+                   blink_max_frames: int, stack_method: str
+                   ) -> tuple[dict, dict[str, np.ndarray]]:
+    """Write ``out/quality.png`` (every quality metric per frame, with ``thresholds``),
+    ``out/blink.gif`` (the aligned frames in ``shifted``) and ``out/stack.png`` (the kept
+    aligned frames stacked per filter), one after the other in this process (the report
+    stage builds them side by side). Returns the stack metrics and the stacks shown
+    (:func:`stacks`), for the caller to keep.
+    """
+    from .stack import stack_png
+
+    fio.write_bytes(out / "quality.png", _quality_png(night, diag, thresholds))
+    gif = _blink_gif(night, diag, shifted, blink_max_frames)
+    if gif is not None:
+        fio.write_bytes(out / "blink.gif", gif)
+    metrics, stacked, fwhm, notes = stacks(diag, shifted, positions, stack_method)
+    if stacked:
         fio.write_bytes(out / "stack.png", stack_png(
-            stacks, f"{night}: stacks of the kept aligned frames", fwhm=fwhm, note=notes))
-    return metrics, stacks
+            stacked, f"{night}: stacks of the kept aligned frames", fwhm=fwhm, note=notes))
+    return metrics, stacked
+
+
+class _Builders:
+    """Runs the report's builders side by side: one forked worker per core this process may
+    use (:func:`starshift.executors.fork_pool`), or (one core, no ``fork``) each right away
+    in this process."""
+
+    def __init__(self, jobs: int | None = None):
+        from ..settings import worker_count
+
+        self.jobs = worker_count(0) if jobs is None else jobs
+        self._stack = ExitStack()
+        self.pool = None
+
+    def __enter__(self) -> _Builders:
+        from ..executors import fork_pool
+
+        self.pool = self._stack.enter_context(fork_pool(self.jobs, _PRELOAD))
+        return self
+
+    def submit(self, fn, *args):
+        """``fn(*args)`` started; ``.result()`` of what this returns waits for its value."""
+        if self.pool is None:
+            return _Done(fn(*args))
+        return _Pending(self.pool.apply_async(fn, args))
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
+
+
+#: What the builders import (seconds of start-up each), imported before the workers fork.
+_PRELOAD = ("matplotlib.figure", "matplotlib.backends.backend_agg", "PIL.Image",
+            "photutils.detection", "photutils.aperture", "ccdproc", "astropy.stats",
+            "starshift.registration", "starshift.quality", "starshift.report.blink",
+            "starshift.report.gif", "starshift.report.photometry", "starshift.report.plots",
+            "starshift.report.quality_plot", "starshift.report.stack")
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class _Pending:
+    def __init__(self, handle):
+        self.handle = handle
+
+    def result(self):
+        return self.handle.get()
 
 
 def _fmt(v) -> str:

@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from ..shift import ORDERS, apply_shift
+from ..shift import ORDERS, apply_shift, fill_value
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +277,76 @@ def _cutout(data: np.ndarray, ix: int, iy: int, half: int, margin: int = 0) -> n
     return data[iy - half: iy + half + 1, ix - half: ix + half + 1]
 
 
+class ShiftedCutouts:
+    """Square cutouts of ``apply_shift(raw, dx, dy, order=o, fill=cval)`` (orders 1 and 3),
+    bit for bit, without shifting the whole frame.
+
+    ``scipy.ndimage.shift`` takes output pixel ``k``'s source coordinate, per axis, as the
+    double ``k - shift``: one rounding, onto the grid of that coordinate's binade (the powers
+    of two it lies between). ``ndimage.affine_transform`` with a unit diagonal matrix, an
+    ``offset`` ``c0`` and a small ``output_shape`` takes ``j + c0`` for its output pixel ``j``:
+    when ``c0`` is the whole frame's coordinate of a run of pixels in one binade, that sum is
+    exact and equals the whole frame's coordinate of pixel ``j`` of the run. The input (the raw
+    frame, or for order 3 its spline coefficients, prefiltered as ``ndimage.shift`` does), the
+    mode and the edges are the same, so are the interpolated values. A cutout is computed in
+    blocks of one binade per axis; one with a coordinate below 1 is cut from the whole shifted
+    frame (tests compare both ways with :func:`starshift.shift.apply_shift`).
+    """
+
+    def __init__(self, raw: np.ndarray, dx: float, dy: float, cval: float):
+        self.raw = np.asarray(raw, dtype=float)
+        self.dx, self.dy, self.cval = float(dx), float(dy), float(cval)
+        self._coefficients: dict[int, np.ndarray] = {}
+        self._whole: dict[int, np.ndarray] = {}
+
+    def _source(self, order: int) -> np.ndarray:
+        if order < 2:  # no prefilter
+            return self.raw
+        if order not in self._coefficients:  # as ndimage.shift prefilters (mode constant)
+            from scipy import ndimage
+
+            self._coefficients[order] = ndimage.spline_filter(self.raw, order,
+                                                              output=np.float64,
+                                                              mode="constant")
+        return self._coefficients[order]
+
+    def cutout(self, order: int, ix: int, iy: int, half: int) -> np.ndarray | None:
+        """``shifted[iy-half:iy+half+1, ix-half:ix+half+1]`` of the frame shifted with
+        ``order``, or None when that leaves the frame."""
+        from scipy import ndimage
+
+        if order not in (1, 3):
+            raise ValueError(f"ShiftedCutouts: order {order}: use 1 or 3")
+        if _cutout(self.raw, ix, iy, half) is None:
+            return None
+        ys = np.arange(iy - half, iy + half + 1, dtype=float) - self.dy
+        xs = np.arange(ix - half, ix + half + 1, dtype=float) - self.dx
+        rows, cols = _binade_runs(ys), _binade_runs(xs)
+        if rows is None or cols is None:
+            if order not in self._whole:
+                self._whole[order] = apply_shift(self.raw, self.dx, self.dy, order=order,
+                                                 fill=self.cval)
+            return _cutout(self._whole[order], ix, iy, half)
+        src = self._source(order)
+        out = np.empty((ys.size, xs.size))
+        for r0, r1 in rows:
+            for c0, c1 in cols:
+                out[r0:r1, c0:c1] = ndimage.affine_transform(
+                    src, np.ones(2), offset=(ys[r0], xs[c0]), output_shape=(r1 - r0, c1 - c0),
+                    order=order, mode="constant", cval=self.cval, prefilter=False)
+        return out
+
+
+def _binade_runs(coords: np.ndarray) -> list[tuple[int, int]] | None:
+    """(start, stop) of each run of ``coords`` (increasing, by 1) in one binade; None when one
+    is below 1 (finer grids down to 0, then negative)."""
+    if not coords[0] >= 1.0:
+        return None
+    exponent = np.frexp(coords)[1]
+    cuts = [0, *(np.flatnonzero(np.diff(exponent)) + 1).tolist(), coords.size]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
 def shift_photometry(raw: np.ndarray, dx: float, dy: float, stars: pd.DataFrame, *,
                      radius: float = 6.0, annulus: tuple[float, float] = (10.0, 15.0),
                      orders=(0, 1, 3), fill: str | float = "median", min_snr: float = 20.0
@@ -335,7 +405,10 @@ def shift_photometry(raw: np.ndarray, dx: float, dy: float, stars: pd.DataFrame,
     half = int(math.ceil(r_out)) + 1
     dx, dy = float(dx), float(dy)
     rdx, rdy = round(dx), round(dy)  # exactly as apply_shift rounds for order 0
-    shifted = {o: apply_shift(raw, dx, dy, order=o, fill=fill) for o in orders}
+    # the fill value once (apply_shift would take the frame's median again for every order);
+    # order 0 only moves pixels, so its cutouts are the raw frame's (no shifted frame needed);
+    # orders 1 and 3 shift only the cutouts, bit for bit as the whole frame would be
+    shifted = ShiftedCutouts(raw, dx, dy, fill_value(raw, fill))
 
     rows = []
     for star, x, y in zip(stars["star"], stars["x"].astype(float), stars["y"].astype(float),
@@ -366,15 +439,17 @@ def shift_photometry(raw: np.ndarray, dx: float, dy: float, stars: pd.DataFrame,
         ap_after = None
         for o in orders:
             if o == 0:
-                # the same pixels, moved by whole pixels: identical cutout, identical apertures
-                ok = cut is not None
-                after = _cutout(shifted[0], bix + rdx, biy + rdy, half) if ok else None
+                # the same pixels, moved by whole pixels: identical cutout, identical apertures;
+                # the order-0 frame's cutout at (bix + rdx, biy + rdy) is ``cut`` itself when it
+                # lies inside the frame (its source pixels do: ``cut`` is not None)
+                ok = cut is not None and _cutout(raw, bix + rdx, biy + rdy, half) is not None
+                after = cut if ok else None
                 aps = ap_before
             else:
                 m = _EDGE_MARGIN[o]
                 # every pixel of the cutout must be interpolated from inside the raw frame
                 src = _cutout(raw, _anchor(x - dx), _anchor(y - dy), half, margin=m + 1)
-                after = _cutout(shifted[o], aix, aiy, half) if src is not None else None
+                after = shifted.cutout(o, aix, aiy, half) if src is not None else None
                 if ap_after is None:
                     ap_after = _Apertures(x - aix, y - aiy, half, radius, r_in, r_out)
                 aps = ap_after

@@ -81,7 +81,8 @@ def stack(frames: Sequence[np.ndarray], method: str, *, scale: Sequence[float] |
         raise ValueError("stack: frames must be 2-D and of one shape")
     ccds = [CCDData(a, unit="adu", mask=~np.isfinite(a) if not np.isfinite(a).all() else None)
             for a in arrays]
-    with warnings.catch_warnings():  # a pixel masked in every frame is NaN: no warning
+    # a pixel masked in every frame is NaN (and its unused uncertainty 0/0): no warning
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
         return _combine(Combiner(ccds, dtype=np.float64), method, scale, weights, sigma,
                         len(arrays))
@@ -93,7 +94,7 @@ def _combine(combiner, method: str, scale, weights, sigma: float, n: int) -> np.
     if scale is not None:
         combiner.scaling = np.asarray(scale, dtype=float)
     if method == "median":
-        combined = combiner.median_combine()
+        combined = combiner.median_combine(uncertainty_func=_no_uncertainty)
     else:
         if method == "sigma_clip" and n >= 3:  # fewer: nothing to compare with
             combiner.sigma_clipping(low_thresh=sigma, high_thresh=sigma, func=np.ma.median,
@@ -104,11 +105,17 @@ def _combine(combiner, method: str, scale, weights, sigma: float, n: int) -> np.
             # (star cores most) -- astropy/ccdproc#893
             w = np.asarray(weights, dtype=float).reshape(-1, 1, 1)
             combiner.weights = np.where(np.ma.getmaskarray(combiner.data_arr), 0.0, w)
-        combined = combiner.average_combine()
+        combined = combiner.average_combine(uncertainty_func=_no_uncertainty)
     out = np.asarray(combined.data, dtype=np.float32)
     if combined.mask is not None:
         out[np.asarray(combined.mask, dtype=bool)] = np.nan
     return out
+
+
+def _no_uncertainty(data, axis: int = 0) -> np.ndarray:
+    """Zeros for the combiner's uncertainty (by default a std over every pixel's stack of
+    values, as long as the combination itself): only the combined data is kept."""
+    return np.zeros(np.shape(data)[:axis] + np.shape(data)[axis + 1:])
 
 
 def stack_fwhm(stacked: np.ndarray, frames: Sequence[np.ndarray], positions: np.ndarray
