@@ -40,6 +40,20 @@ NIGHT_SHIFTS = {"f01.fit": (0.0, 0.0), "f02.fit": (3.3, -2.2), "f03.fit": (-4.1,
 REF_STAR = (80.0, 60.0)
 
 
+def tiny_sweep_conf(root, small_night):
+    """A copy of the project's conf/ under ``root`` with a night ``tiny`` (the small night,
+    box method) for sweeps; returns the conf directory."""
+    import shutil
+    from pathlib import Path
+
+    conf = Path(root) / "conf"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "conf", conf)
+    (conf / "night" / "tiny.yaml").write_text(
+        f"input_dir: {small_night}\nmethod: box\ncentroid:\n  box_center: [80, 60]\n"
+        "  box_size: 21\n")
+    return conf
+
+
 @pytest.fixture
 def small_night(tmp_path):
     """Four light frames (PICTTYPE=1), one bias (PICTTYPE=2); truth in NIGHT_SHIFTS."""

@@ -4,24 +4,16 @@ each job is given."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from conftest import tiny_sweep_conf
 
 from starshift.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sweep(tmp_path, small_night, monkeypatch, name, *launcher) -> pd.DataFrame:
     root = tmp_path / name
-    conf = root / "conf"
-    shutil.copytree(ROOT / "conf", conf)
-    (conf / "night" / "tiny.yaml").write_text(
-        f"input_dir: {small_night}\nmethod: box\ncentroid:\n  box_center: [80, 60]\n"
-        "  box_size: 21\n")
+    conf = tiny_sweep_conf(root, small_night)
     monkeypatch.chdir(root)
     rc = main(["-q", "sweep", "--conf", str(conf), "-m", "night=tiny", "centroid.box_size=9,21",
                *launcher])

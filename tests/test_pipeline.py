@@ -1,13 +1,12 @@
 """Stage functions on a small night, the DVC graph's param wiring, and the Hydra sweep."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import NIGHT_SHIFTS, gaussian_frame, write_fits
+from conftest import NIGHT_SHIFTS, gaussian_frame, tiny_sweep_conf, write_fits
 
 from starshift import columns as C
 from starshift.config import compose_align
@@ -119,11 +118,7 @@ def test_shared_setting_reruns_every_night_but_not_the_sample():
 
 # --------------------------------------------------------------------------- sweep
 def test_sweep_multirun_writes_jobs_and_summary(small_night, tmp_path, monkeypatch):
-    conf = tmp_path / "conf"
-    shutil.copytree(ROOT / "conf", conf)
-    (conf / "night" / "tiny.yaml").write_text(
-        f"input_dir: {small_night}\nmethod: box\ncentroid:\n  box_center: [80, 60]\n"
-        "  box_size: 21\n")
+    conf = tiny_sweep_conf(tmp_path, small_night)
     monkeypatch.chdir(tmp_path)
     from starshift.cli import main
 
