@@ -658,6 +658,55 @@ def env_text(info: dict) -> str:
     return "\n".join(f"- {k}: {v}" for k, v in info.items())
 
 
+# --------------------------------------------------------------------------- DVC stages
+STAGE_CHAIN = ("centroid", "shift", "reject", "compare", "report")
+ALIGN_STAGES = ("centroid", "shift", "reject")
+
+
+def bench_stages(name: str, night_dir: Path, repeat: int, tmp: Path,
+                 starshift_cmd: list[str]) -> dict:
+    """Each DVC stage command of one sample night as a whole process, the night's settings
+    from the repository's params.yaml, outputs into a scratch folder: wall time per stage
+    (median over ``repeat`` runs of the chain)."""
+    times: dict[str, list[float]] = {st: [] for st in STAGE_CHAIN}
+    for rep in range(repeat):
+        out = tmp / f"stages_{name}_{rep}"
+        paths = {"frames": night_dir, "shifts": out / "shifts.csv", "shifted": out / "shifted",
+                 "residuals": out / "residuals.csv", "diagnostics": out / "diagnostics.csv",
+                 "thresholds": out / "thresholds.csv", "compare": out / "box_vs_auto.csv",
+                 "report": out / "report", "plots": out / "plots",
+                 "metrics": out / "metrics.json", "stack": out / "stack"}
+        from starshift.cli import STAGES
+
+        for st in STAGE_CHAIN:
+            cmd = [*starshift_cmd, "-q", "stage", st, name, "--params",
+                   str(REPO / "params.yaml")]
+            for key in STAGES[st]:
+                cmd += [f"--{key}", str(paths[key])]
+            r = run_process(cmd, tmp / f"stages_{name}_{st}_{rep}.log")
+            if r["rc"]:
+                print(f"  {name} stage {st}: exit {r['rc']}: {r['error']}", file=sys.stderr)
+            times[st].append(r["wall"])
+        print(f"  {name} stages rep {rep}: " + ", ".join(f"{st} {times[st][-1]:.1f} s"
+                                                         for st in STAGE_CHAIN), file=sys.stderr)
+        shutil.rmtree(out, ignore_errors=True)
+    res = {"night": name, **{st: float(np.median(v)) for st, v in times.items()}}
+    res["align_stages"] = float(np.median([sum(times[st][i] for st in ALIGN_STAGES)
+                                           for i in range(repeat)]))
+    return res
+
+
+def stages_table(rows: list[dict], repeat: int) -> str:
+    lines = [f"DVC stage commands as whole processes (wall s, median of {repeat}; settings from "
+             "params.yaml; align stages = centroid + shift + reject):", "",
+             "| night | " + " | ".join(STAGE_CHAIN) + " | align stages | report / align stages |",
+             "|---|" + "---|" * (len(STAGE_CHAIN) + 2)]
+    for r in rows:
+        lines.append(f"| {r['night']} | " + " | ".join(f"{r[st]:.1f}" for st in STAGE_CHAIN)
+                     + f" | {r['align_stages']:.1f} | {r['report'] / r['align_stages']:.2f} |")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- night length
 LENGTH_NIGHT = "march_29_2018"
 
@@ -735,6 +784,9 @@ def main(argv=None) -> int:
                     "frame counts (e.g. 200,2000) of a night made of one sample night's frames "
                     f"({LENGTH_NIGHT}, linked over and over under new names), one "
                     "`starshift align` each")
+    ap.add_argument("--stages", action="store_true", help="also time each DVC stage command "
+                    "(starshift stage centroid/shift/reject/compare/report, params.yaml) on "
+                    "every sample night, as whole processes")
     ap.add_argument("--scratch", type=Path, help="where outputs go during the runs (default: "
                     "a temporary directory, removed afterwards)")
     ap.add_argument("--out", type=Path, help="write results: .md, .json, or (other) both")
@@ -796,6 +848,10 @@ def main(argv=None) -> int:
                                            scratch, starshift_cmd))
             except Exception as exc:  # e.g. discovery broken by a change under way
                 print(f"  {name}: skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        stage_rows = None
+        if args.stages:
+            stage_rows = [bench_stages(n, d, args.repeat, tmp, starshift_cmd)
+                          for n, d in nights if n in ALL_NIGHTS]
         lengths = None
         if args.lengths:
             lengths = bench_lengths([int(n) for n in args.lengths.split(",")], tmp,
@@ -826,6 +882,8 @@ def main(argv=None) -> int:
         for way, errs in r["errors"].items():
             shown = errs[:5] + ([f"... {len(errs) - 5} more"] if len(errs) > 5 else [])
             md.append(f"- {r['night']} {way}: " + "; ".join(shown))
+    if stage_rows:
+        md += ["", stages_table(stage_rows, args.repeat)]
     if lengths is not None:
         md += ["", lengths_table(lengths)]
     if brk is not None:
@@ -835,7 +893,8 @@ def main(argv=None) -> int:
     print()
     print(text)
     if args.out:
-        payload = {"info": info, "nights": results, "breakdown": brk, "lengths": lengths}
+        payload = {"info": info, "nights": results, "breakdown": brk, "lengths": lengths,
+                   "stages": stage_rows}
         if args.out.suffix == ".json":
             args.out.write_text(json.dumps(payload, indent=1, default=str))
         elif args.out.suffix == ".md":
