@@ -102,9 +102,9 @@ def test_forked_workers_import_nothing_the_run_has_not(small_night, tmp_path, mo
     imported: list[str] = []
     real = starshift.night.ordered_map
 
-    def probing(task, names, jobs, executor, preload=()):
+    def probing(task, names, jobs, executor):
         assert jobs == 2 and (executor or Executor()).kind == "local"
-        for result, new in real(_Probe(task), names, jobs, executor, preload):
+        for result, new in real(_Probe(task), names, jobs, executor):
             imported.extend(new)
             yield result
 

@@ -8,9 +8,8 @@ pure function of the frame's name.
 
 ``local`` (the default) forks ``jobs`` worker processes from this one (``jobs=1``: this process
 alone). Forked workers start with everything the parent has imported and prepared (the reference
-included), so a worker costs no start-up of its own; the parent imports what the per-frame code
-imports lazily when ``preload`` names them, before it forks (the night loop needs none:
-the reference, prepared in the parent, imports them). Ctrl-C and SIGTERM are handled by the run's
+included, whose preparation imports what the per-frame code imports lazily), so a worker costs
+no start-up of its own. Ctrl-C and SIGTERM are handled by the run's
 process: the workers ignore Ctrl-C, finish the frames in flight, and die with the run's process
 even when it is killed with ``kill -9``.
 
@@ -63,7 +62,7 @@ def dask_installed() -> bool:
 
 
 def ordered_map(task: Callable[[Any], Any], items: Iterable, jobs: int = 1,
-                executor: Executor | None = None, preload: Iterable[str] = ()) -> Iterator:
+                executor: Executor | None = None) -> Iterator:
     """``task(item)`` for every item, yielded in the order of ``items``.
 
     Parameters
@@ -79,9 +78,6 @@ def ordered_map(task: Callable[[Any], Any], items: Iterable, jobs: int = 1,
         worker thread of the cluster at the address.
     executor : Executor, optional
         Where the items run (default: local).
-    preload : iterable of str
-        Modules the task imports lazily: imported here before ``local`` forks its workers, so
-        each worker does not import them again.
 
     At most ``2 x workers`` items are in flight. An exception raised by ``task`` is raised here,
     at its item; closing the iterator early (an interruption) waits for the items in flight, so
@@ -94,7 +90,7 @@ def ordered_map(task: Callable[[Any], Any], items: Iterable, jobs: int = 1,
     elif jobs <= 1 or len(items) < 2:
         yield from map(task, items)
     else:
-        yield from _fork_map(task, items, jobs, preload)
+        yield from _fork_map(task, items, jobs)
 
 
 # --------------------------------------------------------------------------- local (fork)
@@ -174,12 +170,10 @@ def _worker_init(parent: int) -> None:
         os._exit(1)
 
 
-def _fork_map(task, items: list, jobs: int, preload: Iterable[str]) -> Iterator:
+def _fork_map(task, items: list, jobs: int) -> Iterator:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    for module in preload:  # once, here, rather than once in every worker after the fork
-        importlib.import_module(module)
     context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_set_task,
                              initargs=(task, os.getpid())) as pool:
