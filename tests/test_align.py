@@ -103,6 +103,29 @@ def test_cli_align_prints_seed_table(small_night, tmp_path, capsys):
     assert "new dx" in out and "f04.fit" in out and "4 kept" in out
 
 
+def test_console_script_same_outputs_and_in_process_main_leaves_gc_alone(small_night, tmp_path):
+    """The console entry (`python -m starshift.cli`, gc idle during imports, frozen after)
+    writes what in-process ``main`` writes, and ``main`` itself leaves the collector as it was."""
+    import gc
+    import subprocess
+    import sys
+
+    frozen = gc.get_freeze_count()
+    assert main(["-q", "align", str(small_night), str(tmp_path / "a"), *BOX]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+    done = subprocess.run([sys.executable, "-m", "starshift.cli", "-q", "align", str(small_night),
+                           str(tmp_path / "b"), *BOX], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert a == sorted(p.name for p in (tmp_path / "b").iterdir()) and "f04.fit" in a
+    for name in a:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    bad = subprocess.run([sys.executable, "-m", "starshift.cli", "align", str(tmp_path / "nope"),
+                          str(tmp_path / "c")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("starshift: error:")
+    assert "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["align", "{missing}", "{out}", *BOX], "no such directory"),
     (["align", "{night}", "{out}", "method=box", "centroid.box_center=[155,60]"], "outside"),
