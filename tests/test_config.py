@@ -17,6 +17,9 @@ def test_align_defaults_and_documented_overrides():
     cfg = compose_align([])
     assert cfg.method == "auto" and cfg.reference is None and cfg.shift.order == 0
     assert cfg.reject.max_residual == 0.5
+    # no overrides skips Hydra's parser: the same config as parsing a no-op override
+    from omegaconf import OmegaConf
+    assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(compose_align(["hydra.job.name=x"]))
     cfg = compose_align([
         "method=box", "centroid.box_center=[676,333]", "centroid.box_size=25",
         "pre_shift={NGC_3201_B_60.000secs_00001613.fit:[-3,5],NGC_3201_B_60.000secs_00001644"

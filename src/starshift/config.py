@@ -391,6 +391,10 @@ def compose_align(overrides: list[str]) -> DictConfig:
     for a key added with ``+KEY=...`` that the schema does not have or one removed with
     ``~KEY``, a sweep (``a,b``: ``starshift sweep`` runs those) or a package (``KEY@PKG``).
     """
+    if not overrides:  # the schema's defaults: nothing to parse (Hydra's grammar costs 0.08 s)
+        cfg = align_schema()
+        check_align(cfg)
+        return cfg
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
     from omegaconf import open_dict
