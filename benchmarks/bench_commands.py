@@ -56,6 +56,9 @@ the cumulative time of the imports (``importlib._find_and_load``), discovery
 measuring (``starshift.night.measure_row``), shifting (``starshift.night.shift_row``), writing
 (``starshift.io.write_frame``) and the decisions (``starshift.night.decide_night``), beside
 ``python -X importtime`` and the wall time of ``starshift --help`` and of ``python -c pass``.
+Beside it, the wall-clock steps of the shipped ``starshift align IN OUT`` (default jobs, median
+of 3): the console script with time stamps where its steps begin and end (imports, config and
+discovery, reference, the frames in the workers, decisions and tables, exit), not profiled.
 
 The children run in the caller's environment, as users run them (no thread limits are set); the
 environment (thread variables, CPUs, load, versions, git state) is printed with the results.
@@ -204,16 +207,64 @@ SCRIPTS = {"floor": FLOOR_SCRIPT, "astroalign": ASTROALIGN_SCRIPT, "notebook": N
 
 PROFILE_SCRIPT = """\
 import cProfile, sys
+path, sys.argv = sys.argv[1], ["starshift", *sys.argv[2:]]
 profile = cProfile.Profile()
 profile.enable()
+rc = 1
 try:
-    from starshift.cli import main
-    rc = main(sys.argv[2:])
+    from starshift.cli import run  # the console script, as `starshift` runs it
+    run()
+except SystemExit as exc:
+    rc = exc.code
 finally:
     profile.disable()
-    profile.dump_stats(sys.argv[1])
+    profile.dump_stats(path)
 sys.exit(rc)
 """
+
+# The console script with wall-clock stamps (time.time(), to the file in argv[1]) where its
+# steps begin and end; the parent adds the spawn and the exit. Nothing else changes: the
+# patched functions are called as they are.
+TIMELINE_SCRIPT = """\
+import json, sys, time
+stamps = {"python": time.time()}
+path, sys.argv = sys.argv[1], ["starshift", *sys.argv[2:]]
+import gc
+gc.disable()  # as the console script does from its first line (run)
+import starshift.cli as cli
+from starshift.pipeline import stages
+
+def stamped(mod, name, before=None, after=None):
+    f = getattr(mod, name)
+    def g(*a, **k):
+        if before:
+            stamps.setdefault(before, time.time())
+        r = f(*a, **k)
+        if after:
+            stamps[after] = time.time()
+        return r
+    setattr(mod, name, g)
+
+stamped(cli, "_imports_done", after="imported")
+stamped(stages, "load_reference", before="reference", after="frames")
+stamped(stages, "decide_night", before="decisions")
+stamped(cli, "main", after="exit")
+try:
+    cli.run()
+finally:
+    json.dump(stamps, open(path, "w"))
+"""
+
+#: the timeline's steps: label, stamp where it starts, stamp where it ends
+TIMELINE = (
+    ("interpreter start-up", "spawn", "python"),
+    ("imports", "python", "imported"),
+    ("config and discovery", "imported", "reference"),
+    ("reference (read + prepare)", "reference", "frames"),
+    ("frames (read, measure, shift, write)", "frames", "decisions"),
+    ("decisions, tables, summary", "decisions", "exit"),
+    ("interpreter exit", "exit", "end"),
+)
 
 #: per-step breakdown: label -> (file suffix, function name) in the cProfile stats
 STEPS = (
@@ -551,6 +602,7 @@ def breakdown(name: str, night_dir: Path, scratch: Path, starshift_cmd: list[str
         for label, (suffix, func) in STEPS:
             c = _cumulative(stats, suffix, func)
             res["steps"][label] = None if c is None else {"s": c[0], "calls": c[1]}
+    res["timeline"] = timeline(night_dir, scratch)
     t = []
     for _ in range(3):
         t.append(run_process([*starshift_cmd, "--help"], scratch / "help.log")["wall"])
@@ -563,6 +615,30 @@ def breakdown(name: str, night_dir: Path, scratch: Path, starshift_cmd: list[str
     except Exception as exc:  # a module renamed under us
         res["importtime_error"] = str(exc)
     return res
+
+
+def timeline(night_dir: Path, scratch: Path, repeat: int = 3) -> dict:
+    """Wall-clock steps of ``starshift align IN OUT`` (default jobs: what users run), median
+    over ``repeat`` runs: the console script with time stamps (:data:`TIMELINE_SCRIPT`)."""
+    stamps_file, out = scratch / "timeline.json", scratch / "timeline_out"
+    steps: dict[str, list[float]] = {label: [] for label, _, _ in TIMELINE}
+    walls = []
+    for _ in range(repeat):
+        stamps_file.unlink(missing_ok=True)
+        spawn = time.time()
+        r = run_process([sys.executable, "-c", TIMELINE_SCRIPT, str(stamps_file), "-q",
+                         "align", str(night_dir), str(out)], scratch / "timeline.log")
+        end = spawn + r["wall"]
+        shutil.rmtree(out, ignore_errors=True)
+        if r["rc"] or not stamps_file.is_file():
+            return {"error": r["error"] or f"exit {r['rc']}"}
+        st = {"spawn": spawn, "end": end, **json.loads(stamps_file.read_text())}
+        for label, a, b in TIMELINE:
+            if a in st and b in st:
+                steps[label].append(st[b] - st[a])
+        walls.append(r["wall"])
+    return {"wall_s": float(np.median(walls)),
+            "steps": {k: float(np.median(v)) if v else None for k, v in steps.items()}}
 
 
 # --------------------------------------------------------------------------- report
@@ -655,6 +731,16 @@ def breakdown_table(b: dict) -> str:
     if "importtime_align_modules_s" in b:
         lines.append(f"- `python -X importtime -c 'import {', '.join(ALIGN_IMPORTS)}'`: "
                      f"{b['importtime_align_modules_s']:.3f} s (sum of top-level cumulative)")
+    tl = b.get("timeline")
+    if tl and "steps" in tl:
+        lines += ["", f"Wall-clock steps of `starshift align IN OUT` (default jobs) on {b['night']}"
+                  f", median of 3 (whole process {tl['wall_s']:.2f} s; stamps where each step "
+                  "starts and ends):", "", "| step | s | share |", "|---|---|---|"]
+        for label, v in tl["steps"].items():
+            lines.append(f"| {label} | {_f(v, '.3f')} | "
+                         + (f"{100 * v / tl['wall_s']:.0f}%" if v is not None else "-") + " |")
+    elif tl:
+        lines += ["", f"- wall-clock steps: {tl.get('error')}"]
     return "\n".join(lines)
 
 
