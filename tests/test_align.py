@@ -126,6 +126,28 @@ def test_console_script_same_outputs_and_in_process_main_leaves_gc_alone(small_n
     assert "Traceback" not in bad.stderr
 
 
+def test_console_commands_collect_garbage_while_they_work(small_night, tmp_path, monkeypatch):
+    """The console script starts with the collector off; every command turns it back on once
+    its imports are done (so a long night's garbage is collected), and align does."""
+    import gc
+    import inspect
+
+    from starshift import cli
+
+    commands = [f for name, f in vars(cli).items() if name.startswith("_cmd_")]
+    assert len(commands) >= 6
+    for f in commands:
+        assert "_imports_done()" in inspect.getsource(f), f.__name__
+    monkeypatch.setattr(cli, "_CONSOLE", True)
+    gc.disable()
+    try:
+        assert main(["-q", "align", str(small_night), str(tmp_path / "o"), *BOX]) == 0
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.enable()
+
+
 @pytest.mark.parametrize("args, message", [
     (["align", "{missing}", "{out}", *BOX], "no such directory"),
     (["align", "{night}", "{out}", "method=box", "centroid.box_center=[155,60]"], "outside"),
