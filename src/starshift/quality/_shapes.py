@@ -96,7 +96,7 @@ def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
     above the threshold (closer than ~2.5 FWHM for bright stars) still include it. A tracking
     jump of 8-14 px with a faint trail is caught by both (elongation 0.73-0.75).
     """
-    data = np.asarray(data, dtype=float)
+    data = np.asarray(data)  # only the cutouts become float64 (exact), not the whole frame
     pos = np.asarray(positions, dtype=float).reshape(-1, 2)
     ny, nx = data.shape
     ix, iy = np.rint(pos[:, 0]).astype(int), np.rint(pos[:, 1]).astype(int)
@@ -105,7 +105,8 @@ def star_shapes(data: np.ndarray, positions: np.ndarray, radius: int = 10,
     if ix.size == 0:
         return float("nan"), float("nan"), 0
     off = np.arange(-radius, radius + 1)
-    stack = data[iy[:, None, None] + off[None, :, None], ix[:, None, None] + off[None, None, :]]
+    stack = data[iy[:, None, None] + off[None, :, None],
+                 ix[:, None, None] + off[None, None, :]].astype(float, copy=False)
     if not (isolate or stacked):
         # a 3x3 median removes hot pixels and cosmic rays, which would dominate second moments
         stack = ndimage.median_filter(stack, size=(1, 3, 3), mode="nearest")
