@@ -25,7 +25,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyWarning
 
-from ._stats import CHUNK_BYTES
+from ._stats import CHUNK_BYTES, blocks
 from .errors import StarshiftError
 
 log = logging.getLogger(__name__)
@@ -347,19 +347,17 @@ def _read_plain_image(path: Path) -> tuple[np.ndarray, fits.Header] | None:
         stored = np.dtype(_BITPIX_DTYPES[bitpix])
         data = np.empty((ny, nx), dtype=_float_type(header))
         flat = data.reshape(-1)
-        step = max(CHUNK_BYTES // stored.itemsize, 1)
-        buf = bytearray(step * stored.itemsize)
+        buf = bytearray(CHUNK_BYTES)
         done = 0
-        while done < flat.size:
-            n = min(step, flat.size - done)
-            got = fh.readinto(memoryview(buf)[: n * stored.itemsize])
-            if got < n * stored.itemsize:
+        for part in blocks(flat):
+            nbytes = part.size * stored.itemsize
+            got = fh.readinto(memoryview(buf)[:nbytes])
+            if got < nbytes:
                 need = flat.size * stored.itemsize
-                have = done * stored.itemsize + got
-                raise StarshiftError(f"{path}: truncated file ({have} of {need} data bytes); "
-                                     "copy it again from the camera or the archive")
-            flat[done: done + n] = np.frombuffer(buf, dtype=stored, count=n)
-            done += n
+                raise StarshiftError(f"{path}: truncated file ({done + got} of {need} data "
+                                     "bytes); copy it again from the camera or the archive")
+            part[...] = np.frombuffer(buf, dtype=stored, count=part.size)
+            done += nbytes
     if bzero:
         data += data.dtype.type(bzero)  # exact: the offset values fit the mantissa
     return data, header
