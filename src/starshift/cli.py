@@ -72,13 +72,13 @@ def _cmd_sample(args) -> int:
 
 def _cmd_align(args) -> int:
     from . import columns as C
+    from ._table import seed_table
     from .config import compose_align
-    from .pipeline.stages import align
-    from .report.tables import seed_table
+    from .pipeline.stages import align_table
 
     _imports_done()
     cfg = compose_align(args.overrides)
-    diag = align(args.input_dir, args.output_dir, cfg, progress=not args.quiet)
+    diag = align_table(args.input_dir, args.output_dir, cfg, progress=not args.quiet)
     print(seed_table(diag, cfg.reject.max_residual))
     kept = int((diag[C.STATUS] == C.KEPT).sum())
     print(f"wrote {kept} aligned frame(s) and diagnostics.csv to {args.output_dir}")

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyWarning
 
 from ._stats import CHUNK_BYTES, blocks
+from ._table import Table
 from .errors import StarshiftError
 
 log = logging.getLogger(__name__)
@@ -432,15 +432,21 @@ def _primary_header_bytes(header: fits.Header, shape: tuple[int, int]) -> bytes:
 
 
 # --------------------------------------------------------------------------- tables & text
-def write_table(df: pd.DataFrame, path: str | os.PathLike, float_format: str = "%.4f") -> None:
-    """Write a per-frame table as CSV atomically, with a fixed float format (byte-reproducible)."""
+def write_table(df, path: str | os.PathLike, float_format: str = "%.4f") -> None:
+    """Write a per-frame table (a :class:`~starshift._table.Table` or a pandas DataFrame) as
+    CSV atomically, with a fixed float format (byte-reproducible; the same bytes either way)."""
     path = Path(path)
-    text = df.to_csv(index=False, float_format=float_format, lineterminator="\n")
+    if isinstance(df, Table):
+        text = df.to_csv(float_format)
+    else:
+        text = df.to_csv(index=False, float_format=float_format, lineterminator="\n")
     write_text(path, text)
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV table written by :func:`write_table`."""
+def read_table(path: str | os.PathLike):
+    """Read a CSV table written by :func:`write_table`, as a pandas DataFrame."""
+    import pandas as pd  # only the stages that read a table back pay its import
+
     path = Path(path)
     if not path.is_file():
         raise StarshiftError(f"{path}: no such table; run the stage that writes it first")

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import pandas as pd
 
 from . import __version__
 from . import columns as C
 from ._stats import median
+from ._table import Table
 from .errors import StarshiftError
 from .executors import Executor, ordered_map
 from .headers import ascii_value, shifted_header
@@ -530,12 +530,12 @@ def _with_shift_columns(result: FrameResult, shift: ShiftSettings | None) -> Fra
 # --------------------------------------------------------------------------- decisions
 def decide_night(rows: list[dict], limits: QualityLimits,
                  bad_frames: frozenset[str] = frozenset(),
-                 keep_frames: frozenset[str] = frozenset()) -> pd.DataFrame:
+                 keep_frames: frozenset[str] = frozenset()) -> Table:
     """Set status and reason of every frame of a night (:func:`starshift.quality.night_rules`:
     each metric against the night's own, plus the absolute limits); returns the thresholds
     used (one row per metric and group), for the report."""
-    table = pd.DataFrame(rows)
-    decision = night_rules(table, limits, forced_bad=bad_frames, forced_keep=keep_frames)
+    decision = night_rules(Table.from_rows(rows), limits, forced_bad=bad_frames,
+                           forced_keep=keep_frames)
     for row, status, reason in zip(rows, decision.status, decision.reason, strict=True):
         row[C.STATUS], row[C.REASON] = status, reason
     return decision.thresholds

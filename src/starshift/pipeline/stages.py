@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from tqdm import tqdm
 
 from .. import columns as C
 from .. import io as fio
+from .._table import Table, is_missing
 from ..errors import StarshiftError
 from ..night import NightReference, align_night, decide_night, prepare_night_reference
 from ..settings import NightSettings, night_settings
@@ -153,15 +153,14 @@ def _provenance(s: NightSettings) -> dict:
     return {"SSPHASH": (s.params_hash, "starshift parameters hash")}
 
 
-def _shifts_table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows).reindex(columns=C.SHIFTS)
+def _shifts_table(rows: list[dict]) -> Table:
+    return Table.from_rows(rows, C.SHIFTS)
 
 
-def _diagnostics(rows: list[dict]) -> pd.DataFrame:
+def _diagnostics(rows: list[dict]) -> Table:
     """The diagnostics table in its documented column order."""
-    df = pd.DataFrame(rows)
-    extra = [c for c in (C.REFERENCE,) if c in df.columns]
-    return df.reindex(columns=C.DIAGNOSTICS + extra)
+    extra = [c for c in (C.REFERENCE,) if any(c in r for r in rows)]
+    return Table.from_rows(rows, C.DIAGNOSTICS + extra)
 
 
 def _progress(it, total: int, desc: str, progress: bool):
@@ -170,7 +169,7 @@ def _progress(it, total: int, desc: str, progress: bool):
 
 # --------------------------------------------------------------------------- whole runs
 def measure(input_dir: str | Path, cfg, progress: bool = False
-            ) -> tuple[pd.DataFrame, NightReference]:
+            ) -> tuple[Table, NightReference]:
     """The shifts table of a night: one row per light frame, in name order."""
     input_dir, s = Path(input_dir), night_settings(cfg, ["measure"])
     found = discover(input_dir, s)
@@ -183,8 +182,15 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
 
 
 def align(input_dir: str | Path, output_dir: str | Path, cfg, progress: bool = False,
-          write_frames: bool = True) -> pd.DataFrame:
-    """``starshift align``: measure, shift, decide; write kept frames and diagnostics.csv.
+          write_frames: bool = True):
+    """:func:`align_table` as a pandas DataFrame."""
+    return align_table(input_dir, output_dir, cfg, progress, write_frames).to_frame()
+
+
+def align_table(input_dir: str | Path, output_dir: str | Path, cfg, progress: bool = False,
+                write_frames: bool = True) -> Table:
+    """``starshift align``: measure, shift, decide; write kept frames and diagnostics.csv,
+    and return the diagnostics (without importing pandas).
 
     With ``write_frames=False`` only diagnostics.csv is written (sweeps).
     """
@@ -249,15 +255,14 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
     return rows
 
 
-def stage_measure(input_dir, out_table, cfg, progress=False) -> pd.DataFrame:
+def stage_measure(input_dir, out_table, cfg, progress=False) -> Table:
     """DVC ``centroid`` stage: the shifts table."""
     table, _ = measure(input_dir, cfg, progress)
     fio.write_table(table, out_table)
     return table
 
 
-def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
-                ) -> pd.DataFrame:
+def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False):
     """DVC ``shift`` stage: every measured frame shifted, plus residuals (no decisions)."""
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     s = night_settings(cfg, ["shift"])
@@ -278,12 +283,12 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
         with closing(results):  # on an interruption the workers stop before the staging goes
             rows = [r.row for r in _progress(results, len(names), f"shift {input_dir.name}",
                                              progress)]
-    df = pd.DataFrame(rows)
+    df = Table.from_rows(rows)
     fio.write_table(df, out_table)
     return df
 
 
-def stage_reject(residuals_table, out_table, thresholds_table, cfg) -> pd.DataFrame:
+def stage_reject(residuals_table, out_table, thresholds_table, cfg) -> Table:
     """DVC ``reject`` stage: every frame's status by the night's rules, and the thresholds.
 
     The accepted frames are the ``kept`` rows; their shifted frames stay where the shift
@@ -294,7 +299,7 @@ def stage_reject(residuals_table, out_table, thresholds_table, cfg) -> pd.DataFr
     rows = table.to_dict("records")
     for row in rows:
         for col in (C.REMEASURE, C.REASON):
-            row[col] = "" if pd.isna(row.get(col)) else row.get(col)
+            row[col] = "" if is_missing(row.get(col)) else row.get(col)
     thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     fio.write_table(thresholds, thresholds_table, float_format="%.6g")
     diag = _diagnostics(rows)
@@ -307,13 +312,15 @@ COMPARE_COLUMNS = [C.FILE, "box_dx", "box_dy", "box_status", "auto_dx", "auto_dy
                    "auto_sigma_dx", "auto_sigma_dy", "auto_n_stars", "auto_status"]
 
 
-def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False) -> pd.DataFrame:
+def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False):
     """DVC ``compare`` stage: the seed's box estimate beside the automatic one, per frame.
 
     The night's own method's estimates come from its shifts table; the other method measures
     the same frames against the same reference, with the same pre-shifts. A night without a
     search box has nothing to compare: the table is empty.
     """
+    import pandas as pd
+
     from ..night import AutoMethod, BoxMethod
 
     input_dir, s = Path(input_dir), night_settings(cfg, ["compare"])

@@ -1,6 +1,7 @@
 """Per-frame quality metrics and the night-relative rules that reject frames.
 
-Everything here is a pure function on numpy arrays or a pandas table: no I/O, no config.
+Everything here is a pure function on numpy arrays or a table (a pandas DataFrame, or the
+pandas-free :class:`starshift._table.Table` of the align path): no I/O, no config.
 
 **Metrics of one frame** (each a few milliseconds or less):
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from .. import columns as C
 from .._stats import median
+from .._table import Table
 from ._robust import clipped
 
 __all__ = ["NightDecision", "QualityLimits", "night_rules", "shape_rejection"]
@@ -178,24 +179,26 @@ class NightDecision:
 
     Attributes
     ----------
-    status : pandas.Series of str
-        ``kept``, ``rejected`` or ``failed`` per frame, on the index of the metrics table.
-    reason : pandas.Series of str
+    status : pandas.Series or numpy.ndarray of str
+        ``kept``, ``rejected`` or ``failed`` per frame: a Series on the index of the metrics
+        when they are a DataFrame, an array when they are a :class:`starshift._table.Table`.
+    reason : pandas.Series or numpy.ndarray of str
         Why (``''`` for a kept frame): every rule that fired, joined by ``"; "``.
-    thresholds : pandas.DataFrame
-        The limits used, for a report or a quality plot: one row per metric and group of frames
-        compared with each other. Columns ``metric`` (its name in the reasons), ``group``
-        (e.g. ``'filter V, exptime 30.0'``; ``''`` for the whole night), ``median`` (the
-        group's, in the metric's units; NaN when it has too few frames), ``spread`` (the
-        floored robust spread of the outlier rule; in ln units for the transparency),
-        ``limit`` (the value beyond which a frame is rejected, all rules on the metric
-        combined), ``side`` (``'high'`` or ``'low'``: the bad side) and ``n`` (the frames the
+    thresholds : pandas.DataFrame or starshift._table.Table
+        The limits used (a DataFrame when the metrics are one), for a report or a quality
+        plot: one row per metric and group of frames compared with each other. Columns
+        ``metric`` (its name in the reasons), ``group`` (e.g. ``'filter V, exptime 30.0'``;
+        ``''`` for the whole night), ``median`` (the group's, in the metric's units; NaN when
+        it has too few frames), ``spread`` (the floored robust spread of the outlier rule; in
+        ln units for the transparency), ``limit`` (the value beyond which a frame is
+        rejected, all rules on the metric combined), ``side`` (``'high'`` or ``'low'``: the
+        bad side) and ``n`` (the frames the
         statistics come from, after clipping).
     """
 
-    status: pd.Series
-    reason: pd.Series
-    thresholds: pd.DataFrame
+    status: Any
+    reason: Any
+    thresholds: Any
 
 
 #: A rule's verdict: which frames it rejects, and the reason text of frame ``i``.
@@ -219,7 +222,7 @@ class _Outlier:
     relative: bool  # True: the floor is a fraction of the median
     by: tuple[str, ...] = ()  # frames are compared within groups of these columns
 
-    def values(self, metrics: pd.DataFrame) -> np.ndarray:
+    def values(self, metrics: Table) -> np.ndarray:
         """What the rule compares: ``|rotation|``, ``|scale - 1|``, others as they are."""
         v = _column(metrics, self.column)
         if self.column == C.ROTATION:
@@ -247,21 +250,18 @@ _OUTLIERS = (
 )
 
 
-def _column(metrics: pd.DataFrame, name: str) -> np.ndarray:
+def _column(metrics: Table, name: str) -> np.ndarray:
     """A metric column as floats (all NaN when absent)."""
-    if name not in metrics.columns:
-        return np.full(len(metrics), np.nan)
-    return pd.to_numeric(metrics[name], errors="coerce").to_numpy(dtype=float)
+    return metrics.numeric(name)
 
 
-def _groups(metrics: pd.DataFrame, by: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+def _groups(metrics: Table, by: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
     """(label, boolean mask) of each group of frames with equal ``by`` columns (those present)."""
-    cols = [c for c in by if c in metrics.columns]
+    cols = [c for c in by if c in metrics]
     if not cols:
         return [("", np.ones(len(metrics), dtype=bool))]
     out = []
-    for key, pos in metrics.groupby(cols, dropna=False, sort=True).indices.items():
-        key = key if isinstance(key, tuple) else (key,)
+    for key, pos in metrics.groups(cols):
         mask = np.zeros(len(metrics), dtype=bool)
         mask[pos] = True
         out.append((", ".join(f"{c} {k}" for c, k in zip(cols, key, strict=True)), mask))
@@ -299,7 +299,7 @@ def _row(metric: str, group: str, med: float, spread: float, limit: float, high:
                 side="high" if high else "low", n=n)
 
 
-def _corner_limit(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
+def _corner_limit(metrics: Table, night: np.ndarray, lim: QualityLimits
                   ) -> tuple[float | None, str]:
     """The corner rule's limit, px (None: no rule), and the reason's text of it.
 
@@ -321,13 +321,13 @@ def _corner_limit(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
     return lim.max_corner, f"{lim.max_corner:g} px (the least limit; {relative})"
 
 
-def _shift_rules(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
+def _shift_rules(metrics: Table, night: np.ndarray, lim: QualityLimits
                  ) -> tuple[list[_Fired], list[dict]]:
     """Absolute limits on what the shift leaves: residual, uncertainty, corners."""
     fired: list[_Fired] = []
     rows = []
-    if C.REMEASURE in metrics.columns:  # the new shift could not be measured
-        why = metrics[C.REMEASURE].to_numpy(dtype=object)
+    if C.REMEASURE in metrics:  # the new shift could not be measured
+        why = metrics[C.REMEASURE].astype(object)
         fired.append((np.array([isinstance(w, str) and bool(w) for w in why], dtype=bool),
                       lambda i: str(why[i])))
     rdx, rdy = _column(metrics, C.RESIDUAL_DX), _column(metrics, C.RESIDUAL_DY)
@@ -350,7 +350,7 @@ def _shift_rules(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
     return fired, rows
 
 
-def _outlier_rules(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
+def _outlier_rules(metrics: Table, night: np.ndarray, lim: QualityLimits
                    ) -> tuple[list[_Fired], list[dict]]:
     """Outliers of the night, and the FWHM ratio and elongation limits."""
     fired: list[_Fired] = []
@@ -386,7 +386,7 @@ def _outlier_rules(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
     return fired, rows
 
 
-def _cloud_rule(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
+def _cloud_rule(metrics: Table, night: np.ndarray, lim: QualityLimits
                 ) -> tuple[list[_Fired], list[dict]]:
     """Clouds: transparency below a fraction of the night's median and a low outlier in ln."""
     t = _column(metrics, C.TRANSPARENCY)
@@ -411,16 +411,17 @@ def _cloud_rule(metrics: pd.DataFrame, night: np.ndarray, lim: QualityLimits
     return fired, rows
 
 
-def night_rules(metrics: pd.DataFrame, limits: QualityLimits | None = None,
+def night_rules(metrics, limits: QualityLimits | None = None,
                 forced_bad: Iterable[str] = (), forced_keep: Iterable[str] = ()
                 ) -> NightDecision:
     """Status and reason of every frame of a night, from its metrics and the night's own.
 
     Parameters
     ----------
-    metrics : pandas.DataFrame
-        One row per frame. Columns used, each optional (a missing column or a NaN value, i.e.
-        not measurable, fires no rule; the night's statistics ignore NaNs), names from
+    metrics : pandas.DataFrame or starshift._table.Table
+        One row per frame (the align path passes a Table, so that it never imports pandas).
+        Columns used, each optional (a missing column or a NaN value, i.e. not measurable,
+        fires no rule; the night's statistics ignore NaNs), names from
         :mod:`starshift.columns`: ``FILE`` (needed for the forced lists), ``STATUS`` and
         ``REASON`` (a ``failed`` frame stays failed with its reason), ``FILTER`` and ``EXPTIME``
         (which frames are compared, see Notes), ``REMEASURE`` (a non-empty text rejects: the
@@ -441,7 +442,8 @@ def night_rules(metrics: pd.DataFrame, limits: QualityLimits | None = None,
     Returns
     -------
     NightDecision
-        ``status`` and ``reason`` Series on ``metrics.index``, and the ``thresholds`` used.
+        ``status`` and ``reason`` (Series on ``metrics.index`` for a DataFrame, arrays for a
+        Table), and the ``thresholds`` used (a DataFrame or a Table, likewise).
 
     Notes
     -----
@@ -466,18 +468,21 @@ def night_rules(metrics: pd.DataFrame, limits: QualityLimits | None = None,
     of the group with a finite value of it, failed and forced-bad frames not counted; with
     fewer, only the absolute limits apply to that metric in that group.
     """
+    frame = None if isinstance(metrics, Table) else metrics  # a pandas DataFrame
+    if frame is not None:
+        metrics = Table.from_frame(frame)
     lim = QualityLimits() if limits is None else limits
     n = len(metrics)
     bad_set, keep_set = set(forced_bad), set(forced_keep)
-    if C.FILE in metrics.columns:
-        files = metrics[C.FILE].astype(str).to_numpy()
+    if C.FILE in metrics:
+        files = metrics.strings(C.FILE, missing="nan")
     elif bad_set or keep_set:
         raise ValueError(f"forced_bad/forced_keep need a {C.FILE!r} column in the metrics")
     else:
         files = np.full(n, "", dtype=object)
-    failed = (metrics[C.STATUS].astype(str).to_numpy() == C.FAILED if C.STATUS in metrics
+    failed = (metrics.strings(C.STATUS, missing="nan") == C.FAILED if C.STATUS in metrics
               else np.zeros(n, dtype=bool))
-    reason_in = (metrics[C.REASON].fillna("").astype(str).to_numpy() if C.REASON in metrics
+    reason_in = (metrics.strings(C.REASON) if C.REASON in metrics
                  else np.full(n, "", dtype=object))
     is_bad = np.array([f in bad_set for f in files], dtype=bool)
     night = ~failed & ~is_bad
@@ -505,10 +510,15 @@ def night_rules(metrics: pd.DataFrame, limits: QualityLimits | None = None,
             reason[i] = f"kept by keep_frames (would be rejected: {why})" if why else ""
         elif why:
             status[i], reason[i] = C.REJECTED, why
-    thresholds = pd.DataFrame(rows, columns=["metric", "group", "median", "spread", "limit",
-                                             "side", "n"])
-    return NightDecision(pd.Series(status, index=metrics.index, name=C.STATUS),
-                         pd.Series(reason, index=metrics.index, name=C.REASON), thresholds)
+    thresholds = Table.from_rows(rows, ["metric", "group", "median", "spread", "limit", "side",
+                                        "n"])
+    if frame is None:
+        return NightDecision(status, reason, thresholds)
+    import pandas as pd  # the caller's metrics are a DataFrame: pandas is imported already
+
+    return NightDecision(pd.Series(status, index=frame.index, name=C.STATUS),
+                         pd.Series(reason, index=frame.index, name=C.REASON),
+                         pd.DataFrame(rows, columns=thresholds.columns))
 
 
 def shape_rejection(fwhm: float, elongation: float, night_fwhm: float | None,
