@@ -184,3 +184,27 @@ def test_written_frames_are_the_seed_steps_exactly(small_night, tmp_path, method
         with fits.open(tmp_path / "o" / name) as h:
             assert h[0].header["BKGSUB"] == pytest.approx(float(bkg), abs=1e-6)
             np.testing.assert_array_equal(h[0].data, shifted - bkg)
+
+
+def test_console_align_leaves_unused_numpy_submodules_unimported(small_night, tmp_path):
+    """scipy copies numpy's namespace on import; in the console script numpy's f2py, testing
+    and polynomial stay lazy through it, and each is the real module once touched."""
+    import subprocess
+    import sys
+
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print(sorted(m for m in sys.modules if m in "
+             "('numpy.f2py', 'numpy.testing', 'numpy.polynomial', 'scipy.ndimage'))))\n"
+             f"sys.argv = ['starshift', '-q', 'align', {str(small_night)!r}, "
+             f"{str(tmp_path / 'o')!r}]\n"
+             "from starshift.cli import run\nrun()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "['scipy.ndimage']"
+    touch = ("import sys, types, numpy\nfrom starshift._lazy import defer_unused_numpy\n"
+             "print(defer_unused_numpy())\nimport scipy.ndimage, scipy.fft\n"
+             "print('numpy.f2py' in sys.modules, numpy.testing.assert_array_equal.__name__,\n"
+             "      isinstance(numpy.testing, types.ModuleType), defer_unused_numpy())\n")
+    out = subprocess.run([sys.executable, "-c", touch], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out == ["['f2py', 'testing', 'polynomial']", "False assert_array_equal True []"]

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from ._lazy import defer_unused_numpy
 from .errors import StarshiftError
 
 # One BLAS thread per process unless the user chose otherwise (set before numpy loads its
@@ -31,8 +32,11 @@ _CONSOLE = False
 
 def _imports_done() -> None:
     """A command has imported what it runs: hand the import-time objects to the collector's
-    permanent generation and collect again from here (console script only; see :func:`run`)."""
+    permanent generation and collect again from here, and keep the numpy submodules nobody
+    here uses from being imported with scipy (console script only; see :func:`run` and
+    :func:`starshift._lazy.defer_unused_numpy`)."""
     if _CONSOLE:
+        defer_unused_numpy()
         gc.freeze()
         gc.enable()
 
