@@ -208,3 +208,27 @@ def test_console_align_leaves_unused_numpy_submodules_unimported(small_night, tm
     out = subprocess.run([sys.executable, "-c", touch], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     assert out == ["['f2py', 'testing', 'polynomial']", "False assert_array_equal True []"]
+
+
+def test_console_exit_runs_atexit_handlers_and_flushes_what_it_printed(small_night, tmp_path):
+    """The console script ends without the interpreter's teardown, but only after the
+    atexit handlers ran and the output was flushed; its exit code is the command's."""
+    import subprocess
+    import sys
+
+    mark = tmp_path / "atexit.txt"
+    probe = ("import atexit, pathlib, sys\n"
+             f"atexit.register(pathlib.Path({str(mark)!r}).write_text, 'ran')\n"
+             f"sys.argv = ['starshift', 'align', {str(small_night)!r}, {str(tmp_path / 'o')!r}]\n"
+             "from starshift.cli import run\nrun()\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert mark.read_text() == "ran"
+    lines = done.stdout.splitlines()
+    assert lines[-2] == "4 frames: 4 kept, 0 rejected, 0 failed"
+    assert lines[-1].startswith("wrote 4 aligned frame(s)")
+    again = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.splitlines()[-2] == lines[-2]
+    bad = subprocess.run([sys.executable, "-m", "starshift.cli", "align", str(tmp_path / "no"),
+                          str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1

@@ -293,7 +293,8 @@ def run() -> None:
     everything made afterwards. At exit the survivors are frozen too, so the interpreter's
     final collections skip them. Each process starts and ends about 0.4 s sooner: 1.83 s
     against 1.30 s to import what ``starshift align`` imports and exit, median of 8 (2-core
-    machine). The outputs are the same: the collector only frees unreachable objects.
+    machine). The outputs are the same: the collector only frees unreachable objects. The
+    process then ends without the interpreter's teardown (:func:`_exit`).
     """
     global _CONSOLE
     _CONSOLE = True
@@ -302,7 +303,33 @@ def run() -> None:
         code = main()
     finally:
         gc.freeze()
-    sys.exit(code)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """End the console process with ``code`` once everything it made is on disk.
+
+    The atexit handlers run as they would (logging's flush, multiprocessing's and dask's
+    clean-ups, temporary files), the standard streams are flushed, and then the process ends
+    without the interpreter's teardown: a million library objects freed one by one and the
+    modules cleared, 0.06-0.13 s of every command with nothing left to write (``starshift
+    align`` on the 1 MP real night: 1.54 s against 1.59 s and 1.61 s against 1.74 s, medians
+    of 12 and 10 alternating runs). While a thread other than the main one is still running,
+    the interpreter's own exit waits for it as usual.
+    """
+    import atexit
+    import threading
+
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # none, closed or a broken pipe
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
