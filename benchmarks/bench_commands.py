@@ -205,28 +205,28 @@ json.dump(result, open(spec["result"], "w"))
 
 SCRIPTS = {"floor": FLOOR_SCRIPT, "astroalign": ASTROALIGN_SCRIPT, "notebook": NOTEBOOK_SCRIPT}
 
+# (The console script ends its process right after the atexit handlers, so the profile and the
+# stamps are written by one.)
 PROFILE_SCRIPT = """\
-import cProfile, sys
+import atexit, cProfile, sys
 path, sys.argv = sys.argv[1], ["starshift", *sys.argv[2:]]
 profile = cProfile.Profile()
-profile.enable()
-rc = 1
-try:
-    from starshift.cli import run  # the console script, as `starshift` runs it
-    run()
-except SystemExit as exc:
-    rc = exc.code
-finally:
+
+def dump():
     profile.disable()
     profile.dump_stats(path)
-sys.exit(rc)
+
+atexit.register(dump)
+profile.enable()
+from starshift.cli import run  # the console script, as `starshift` runs it
+run()
 """
 
 # The console script with wall-clock stamps (time.time(), to the file in argv[1]) where its
 # steps begin and end; the parent adds the spawn and the exit. Nothing else changes: the
 # patched functions are called as they are.
 TIMELINE_SCRIPT = """\
-import json, sys, time
+import atexit, json, sys, time
 stamps = {"python": time.time()}
 path, sys.argv = sys.argv[1], ["starshift", *sys.argv[2:]]
 import gc
@@ -249,10 +249,8 @@ stamped(cli, "_imports_done", after="imported")
 stamped(stages, "load_reference", before="reference", after="frames")
 stamped(stages, "decide_night", before="decisions")
 stamped(cli, "main", after="exit")
-try:
-    cli.run()
-finally:
-    json.dump(stamps, open(path, "w"))
+atexit.register(lambda: json.dump(stamps, open(path, "w")))
+cli.run()
 """
 
 #: the timeline's steps: label, stamp where it starts, stamp where it ends
@@ -279,8 +277,9 @@ STEPS = (
     ("of which: reading (io.read_frame)", ("starshift/io.py", "read_frame")),
 )
 
+#: what ``starshift align`` imports before its work (scipy comes later, on first use)
 ALIGN_IMPORTS = ("starshift.cli", "starshift.columns", "starshift.config",
-                 "starshift.pipeline.stages", "starshift.report.tables")
+                 "starshift.pipeline.stages", "starshift._table")
 
 
 # --------------------------------------------------------------------------- processes
