@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from starshift.config import compose_align, load_params, night_config, validate_pipeline
+from starshift.config import (
+    align_defaults,
+    compose_align,
+    load_params,
+    night_config,
+    validate_pipeline,
+)
 from starshift.errors import StarshiftError
 from starshift.pipeline.compose import compose, compose_params_text
 
@@ -20,6 +26,10 @@ def test_align_defaults_and_documented_overrides():
     # no overrides skips Hydra's parser: the same config as parsing a no-op override
     from omegaconf import OmegaConf
     assert OmegaConf.to_yaml(cfg) == OmegaConf.to_yaml(compose_align(["hydra.job.name=x"]))
+    # and `starshift align IN OUT` runs on the plain defaults: the same tree, key for key
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert align_defaults() == plain and yaml.safe_dump(align_defaults(), sort_keys=False) \
+        == yaml.safe_dump(plain, sort_keys=False)
     cfg = compose_align([
         "method=box", "centroid.box_center=[676,333]", "centroid.box_size=25",
         "pre_shift={NGC_3201_B_60.000secs_00001613.fit:[-3,5],NGC_3201_B_60.000secs_00001644"

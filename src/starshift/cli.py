@@ -77,13 +77,14 @@ def _cmd_sample(args) -> int:
 def _cmd_align(args) -> int:
     from . import columns as C
     from ._table import seed_table
-    from .config import compose_align
+    from .config import align_defaults, compose_align
     from .pipeline.stages import align_table
 
     _imports_done()
-    cfg = compose_align(args.overrides)
+    # no overrides: the schema's defaults as they are, without OmegaConf (see align_defaults)
+    cfg = compose_align(args.overrides) if args.overrides else align_defaults()
     diag = align_table(args.input_dir, args.output_dir, cfg, progress=not args.quiet)
-    print(seed_table(diag, cfg.reject.max_residual))
+    print(seed_table(diag, cfg["reject"]["max_residual"]))
     kept = int((diag[C.STATUS] == C.KEPT).sum())
     print(f"wrote {kept} aligned frame(s) and diagnostics.csv to {args.output_dir}")
     return 0

@@ -19,17 +19,21 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from typing import TYPE_CHECKING, Any
 
 from .errors import StarshiftError
 from .executors import DASK_MISSING, EXECUTORS, Executor, dask_installed
 from .quality import QualityLimits
 from .registration import FrameParams, ReferenceParams
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+# OmegaConf is imported by the functions that use it: ``starshift align`` without overrides
+# runs on the schema's plain defaults (:func:`align_defaults`) and never imports it (0.1 s).
 
 METHODS = ("box", "auto")
 #: Largest float32 (output frames are float32)
@@ -221,12 +225,16 @@ class PipelineConfig:
 # --------------------------------------------------------------------------- helpers
 def _open_pre_shift(node: DictConfig) -> DictConfig:
     """Let ``pre_shift`` take new file-name keys under Hydra's struct mode."""
+    from omegaconf import OmegaConf
+
     if "pre_shift" in node:
         OmegaConf.set_struct(node.pre_shift, False)
     return node
 
 
 def align_schema() -> DictConfig:
+    from omegaconf import OmegaConf
+
     return _open_pre_shift(OmegaConf.structured(AlignConfig))
 
 
@@ -246,6 +254,8 @@ def register_configs() -> None:
 
 def _one_line(exc: BaseException) -> str:
     """The first meaningful line of a Hydra/OmegaConf error, without the traceback."""
+    from omegaconf.errors import OmegaConfBaseException
+
     cause = exc
     while cause.__cause__ is not None and isinstance(cause.__cause__, OmegaConfBaseException):
         cause = cause.__cause__
@@ -264,6 +274,9 @@ def config_error(exc: BaseException, where: str = "config", hint: str = "") -> S
 
 def validate_align(cfg: Any) -> DictConfig:
     """Merge anything mapping-like into the :class:`AlignConfig` schema and check values."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         merged = OmegaConf.merge(align_schema(), cfg)
         check_align(merged)
@@ -358,6 +371,8 @@ def _non_finite(tree: dict, prefix: str = "") -> tuple[str, Any] | None:
 def _key_error(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> str | None:
     """What is wrong with ``cfg``'s keys against the schema: one removed (``~KEY``) or one the
     schema does not have (``+KEY``, a misspelling); None when the keys are right."""
+    from omegaconf import DictConfig, OmegaConf
+
     for key in schema:
         if key not in cfg:
             name = f"{prefix}{key}"
@@ -380,6 +395,14 @@ def _key_error(cfg: DictConfig, schema: DictConfig, prefix: str = "") -> str | N
 _ABSENT = object()
 
 
+def align_defaults() -> dict:
+    """The config of ``starshift align`` without overrides, as plain containers: the schema's
+    defaults, equal to ``to_plain(compose_align([]))`` (tested) but made without OmegaConf,
+    whose import costs a process about 0.1 s. The defaults pass :func:`check_align` (tested
+    through :func:`compose_align`), so there is nothing to check."""
+    return dataclasses.asdict(AlignConfig())
+
+
 def compose_align(overrides: list[str]) -> DictConfig:
     """Compose an :class:`AlignConfig` from Hydra overrides (``key=value`` strings).
 
@@ -391,6 +414,9 @@ def compose_align(overrides: list[str]) -> DictConfig:
     for a key added with ``+KEY=...`` that the schema does not have or one removed with
     ``~KEY``, a sweep (``a,b``: ``starshift sweep`` runs those) or a package (``KEY@PKG``).
     """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     if not overrides:  # the schema's defaults: nothing to parse (Hydra's grammar costs 0.08 s)
         cfg = align_schema()
         check_align(cfg)
@@ -435,6 +461,9 @@ def compose_align(overrides: list[str]) -> DictConfig:
 
 def validate_pipeline(cfg: Any) -> DictConfig:
     """Merge a pipeline config (composed, or loaded from params.yaml) into the schema."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     schema = OmegaConf.structured(PipelineConfig)
     try:
         merged = OmegaConf.merge(schema, cfg)
@@ -447,6 +476,8 @@ def validate_pipeline(cfg: Any) -> DictConfig:
 
 def load_params(path: str | Path = "params.yaml") -> DictConfig:
     """Load and validate ``params.yaml`` (the composed pipeline config DVC tracks)."""
+    from omegaconf import OmegaConf
+
     path = Path(path)
     if not path.is_file():
         raise StarshiftError(f"{path}: not found; run 'starshift compose' in the project root")
@@ -459,8 +490,9 @@ def load_params(path: str | Path = "params.yaml") -> DictConfig:
 
 def effective_align(night: Any, shared: Any) -> DictConfig:
     """A night's :class:`AlignConfig`: the night's own keys, the shared groups, box overrides."""
-    night_d = OmegaConf.to_container(night, resolve=True) if isinstance(night, DictConfig) \
-        else dict(night)
+    from omegaconf import OmegaConf
+
+    night_d = OmegaConf.to_container(night, resolve=True) if _is_config(night) else dict(night)
     night_d.pop("input_dir", None)
     merged = {
         **night_d,
@@ -490,6 +522,14 @@ def night_config(cfg: DictConfig, night: str) -> DictConfig:
 
 def to_plain(cfg: Any) -> Any:
     """Plain Python containers (for hashing, JSON, YAML)."""
-    if isinstance(cfg, DictConfig):
+    if _is_config(cfg):
+        from omegaconf import OmegaConf
+
         return OmegaConf.to_container(cfg, resolve=True)
     return cfg
+
+
+def _is_config(obj: Any) -> bool:
+    """An OmegaConf DictConfig (there can be none before omegaconf is imported)."""
+    oc = sys.modules.get("omegaconf")
+    return oc is not None and isinstance(obj, oc.DictConfig)
