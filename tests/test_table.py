@@ -82,6 +82,10 @@ def test_numbers_groups_and_text_as_pandas():
         label = [[f"{v}" for v in k] for k in keys]  # as the rules name a group
         assert [[f"{v}" for v in k] for k, _ in mine] == label
     assert t.strings("filter").tolist() == ["V", "B", "", "V", "B", "R"]
+    # a header giving a number for some frames and text for others still groups them
+    mixed = Table.from_rows([{"filter": "V"}, {"filter": 2}, {"filter": "V"}, {"filter": None}])
+    assert [(k, p.tolist()) for k, p in mixed.groups(["filter"])][:2] == [((2,), [1]),
+                                                                          (("V",), [0, 2])]
 
 
 def test_night_rules_decide_a_table_as_a_dataframe():

@@ -56,6 +56,15 @@ def _typed(values: list) -> np.ndarray:
     return out
 
 
+def _sorted(values: set) -> list:
+    """Values in order; a column mixing kinds that do not compare (a header giving a number for
+    some frames and text for others) in the order of their kinds' names, then their text."""
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=lambda v: (type(v).__name__, str(v)))
+
+
 class Table:
     """Named columns of equal length (numpy arrays), in order."""
 
@@ -135,7 +144,7 @@ class Table:
         codes, uniques = [], []
         for c in by:
             col = self._cols[c]
-            present = sorted({x for x in col.tolist() if not is_missing(x)})
+            present = _sorted({x for x in col.tolist() if not is_missing(x)})
             index = {u: k for k, u in enumerate(present)}
             codes.append([len(present) if is_missing(x) else index[x] for x in col.tolist()])
             uniques.append([col.dtype.type(u) if col.dtype != object else u for u in present]
