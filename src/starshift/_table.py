@@ -156,10 +156,11 @@ class Table:
                  np.array(pos, dtype=np.intp)) for key, pos in sorted(out.items())]
 
     # ------------------------------------------------------------------ out
-    def to_csv(self, float_format: str = "%.4f") -> str:
+    def to_csv(self, float_format: str) -> str:
         """The table as ``DataFrame.to_csv(index=False, float_format=float_format,
         lineterminator="\\n")`` writes it: floats of float columns in ``float_format``,
-        missing values empty, other values as ``str``, quoted where CSV needs it."""
+        missing values empty, other values as ``str``, quoted where CSV needs it. The
+        default format is :func:`starshift.io.write_table`'s, which writes tables."""
         cells = []
         for col in self._cols.values():
             if col.dtype.kind == "f":

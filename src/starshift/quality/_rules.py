@@ -224,7 +224,7 @@ class _Outlier:
 
     def values(self, metrics: Table) -> np.ndarray:
         """What the rule compares: ``|rotation|``, ``|scale - 1|``, others as they are."""
-        v = _column(metrics, self.column)
+        v = metrics.numeric(self.column)
         if self.column == C.ROTATION:
             return np.abs(v)
         if self.column == C.SCALE:
@@ -248,11 +248,6 @@ _OUTLIERS = (
     _Outlier(C.ROTATION, "|rotation|", ".3f", " deg", True, "floor_rotation", False),
     _Outlier(C.SCALE, "|scale - 1|", ".5f", "", True, "floor_scale", False),
 )
-
-
-def _column(metrics: Table, name: str) -> np.ndarray:
-    """A metric column as floats (all NaN when absent)."""
-    return metrics.numeric(name)
 
 
 def _groups(metrics: Table, by: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
@@ -311,7 +306,7 @@ def _corner_limit(metrics: Table, night: np.ndarray, lim: QualityLimits
     frac = lim.corner_fwhm_fraction
     if frac is None:
         return lim.max_corner, f"{lim.max_corner:g} px"
-    fwhm = _night_stats(_column(metrics, C.FWHM), night, lim,
+    fwhm = _night_stats(metrics.numeric(C.FWHM), night, lim,
                         _fraction_of_median(lim.floor_fwhm))[0]
     if not np.isfinite(fwhm):
         return lim.max_corner, f"{lim.max_corner:g} px"
@@ -330,10 +325,10 @@ def _shift_rules(metrics: Table, night: np.ndarray, lim: QualityLimits
         why = metrics[C.REMEASURE].astype(object)
         fired.append((np.array([isinstance(w, str) and bool(w) for w in why], dtype=bool),
                       lambda i: str(why[i])))
-    rdx, rdy = _column(metrics, C.RESIDUAL_DX), _column(metrics, C.RESIDUAL_DY)
+    rdx, rdy = metrics.numeric(C.RESIDUAL_DX), metrics.numeric(C.RESIDUAL_DY)
     res = np.fmax(np.abs(rdx), np.abs(rdy))
-    sig = np.fmax(_column(metrics, C.SIGMA_DX), _column(metrics, C.SIGMA_DY))
-    corner = _column(metrics, C.CORNER_SHIFT)
+    sig = np.fmax(metrics.numeric(C.SIGMA_DX), metrics.numeric(C.SIGMA_DY))
+    corner = metrics.numeric(C.CORNER_SHIFT)
     corner_limit, corner_why = _corner_limit(metrics, night, lim)
     for label, v, limit, text in (
             ("residual", res, lim.max_residual,
@@ -355,7 +350,7 @@ def _outlier_rules(metrics: Table, night: np.ndarray, lim: QualityLimits
     """Outliers of the night, and the FWHM ratio and elongation limits."""
     fired: list[_Fired] = []
     rows = []
-    sky_noise = _column(metrics, C.SKY_NOISE)
+    sky_noise = metrics.numeric(C.SKY_NOISE)
     for r in _OUTLIERS:
         v = r.values(metrics)
         med, spread = np.full(len(v), np.nan), np.full(len(v), np.nan)
@@ -389,7 +384,7 @@ def _outlier_rules(metrics: Table, night: np.ndarray, lim: QualityLimits
 def _cloud_rule(metrics: Table, night: np.ndarray, lim: QualityLimits
                 ) -> tuple[list[_Fired], list[dict]]:
     """Clouds: transparency below a fraction of the night's median and a low outlier in ln."""
-    t = _column(metrics, C.TRANSPARENCY)
+    t = metrics.numeric(C.TRANSPARENCY)
     with np.errstate(invalid="ignore", divide="ignore"):
         lt = np.log(np.where(t > 0, t, np.nan))
     frac = lim.min_transparency_fraction
