@@ -439,6 +439,20 @@ def test_stack_sigma_clip_removes_a_cosmic_ray_and_weights_ignore_clipped_values
         stack(frames, "average")
 
 
+def test_stack_sigma_clip_leaves_nan_out_of_the_median_and_still_clips():
+    # a frame with no value at a pixel (NaN: shifted in with fill=nan) must not switch the
+    # clipping off there: the cosmic ray in another frame at the same pixel is still rejected
+    frames = [np.full((8, 8), 10.0) + 0.01 * i for i in range(6)]
+    frames[1] = frames[1].copy()
+    frames[1][3, 3] = np.nan
+    frames[4] = frames[4].copy()
+    frames[4][3, 3] = 5000.0
+    s = stack(frames, "sigma_clip")
+    assert s[3, 3] == pytest.approx(np.mean([10.0, 10.02, 10.03, 10.05]), abs=1e-5)
+    assert np.isfinite(s).all()
+    assert np.isnan(stack([np.full((2, 2), np.nan)] * 3, "sigma_clip")).all()
+
+
 def test_stack_png_shows_fwhm_and_is_deterministic():
     frames = _aligned(3)
     s = stack(frames, "median")

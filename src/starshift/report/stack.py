@@ -84,21 +84,24 @@ def stack(frames: Sequence[np.ndarray], method: str, *, scale: Sequence[float] |
     # a pixel masked in every frame is NaN (and its unused uncertainty 0/0): no warning
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
         return _combine(Combiner(ccds, dtype=np.float64), method, scale, weights, sigma,
                         len(arrays))
 
 
 def _combine(combiner, method: str, scale, weights, sigma: float, n: int) -> np.ndarray:
-    from astropy.stats import mad_std
-
     if scale is not None:
         combiner.scaling = np.asarray(scale, dtype=float)
     if method == "median":
         combined = combiner.median_combine(uncertainty_func=_no_uncertainty)
     else:
         if method == "sigma_clip" and n >= 3:  # fewer: nothing to compare with
-            combiner.sigma_clipping(low_thresh=sigma, high_thresh=sigma, func=np.ma.median,
-                                    dev_func=mad_std)
+            # by name, astropy's compiled clip: NaN (masked) values left out of each pixel's
+            # median and MAD, 2-4x faster than the median callables on the same values
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Input data contains invalid values")
+                combiner.sigma_clipping(low_thresh=sigma, high_thresh=sigma, func="median",
+                                        dev_func="mad_std")
         if weights is not None:
             # per-pixel weights, 0 where a value is masked or clipped: ccdproc (2.5) divides
             # by the sum of *all* frames' weights otherwise, which lowers every clipped pixel
