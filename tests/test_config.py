@@ -104,6 +104,23 @@ def test_unknown_night_is_a_clear_error():
         night_config(cfg, "june_01_2019")
 
 
+def test_a_nights_stage_checks_its_own_night_and_the_summary_every_night(tmp_path):
+    # a night's stages depend only on the params they declare: another night's broken setting
+    # does not stop them, while the summary (which reads every night) names it
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["nights"]["drift_lowsnr"]["method"] = "boxx"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    cfg = load_params(path, nights=["march_09_2018"])
+    assert night_config(cfg, "march_09_2018").method == "box"
+    with pytest.raises(StarshiftError, match="nights.drift_lowsnr: method=boxx"):
+        load_params(path, nights=["drift_lowsnr"])
+    with pytest.raises(StarshiftError, match="nights.drift_lowsnr: method=boxx"):
+        load_params(path)
+    with pytest.raises(StarshiftError, match="not configured"):
+        load_params(path, nights=["june_01_2019"])
+
+
 def test_committed_params_yaml_is_in_step_with_conf():
     assert compose(ROOT / "params.yaml", CONF, check=True), "run 'starshift compose'"
 

@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -459,8 +460,9 @@ def compose_align(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def validate_pipeline(cfg: Any) -> DictConfig:
-    """Merge a pipeline config (composed, or loaded from params.yaml) into the schema."""
+def validate_pipeline(cfg: Any, nights: Iterable[str] | None = None) -> DictConfig:
+    """Merge a pipeline config (composed, or loaded from params.yaml) into the schema, and check
+    the effective config of each of ``nights`` (default: every night)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -469,13 +471,16 @@ def validate_pipeline(cfg: Any) -> DictConfig:
         merged = OmegaConf.merge(schema, cfg)
     except OmegaConfBaseException as exc:
         raise config_error(exc, "params") from exc
-    for name in merged.nights:
-        night_config(merged, name)  # checks every night's effective config
+    for name in merged.nights if nights is None else nights:
+        night_config(merged, name)
     return merged
 
 
-def load_params(path: str | Path = "params.yaml") -> DictConfig:
-    """Load and validate ``params.yaml`` (the composed pipeline config DVC tracks)."""
+def load_params(path: str | Path = "params.yaml", nights: Iterable[str] | None = None
+                ) -> DictConfig:
+    """Load and validate ``params.yaml`` (the composed pipeline config DVC tracks): the shared
+    settings, and the effective config of each of ``nights`` (default: every night; a night's
+    stage checks its own night, whose settings are the ones it declares)."""
     from omegaconf import OmegaConf
 
     path = Path(path)
@@ -485,7 +490,7 @@ def load_params(path: str | Path = "params.yaml") -> DictConfig:
         raw = OmegaConf.load(path)
     except Exception as exc:
         raise StarshiftError(f"{path}: not valid YAML ({exc})") from exc
-    return validate_pipeline(raw)
+    return validate_pipeline(raw, nights)
 
 
 def effective_align(night: Any, shared: Any) -> DictConfig:

@@ -13,7 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .. import io as fio
-from ..config import load_params, night_config, to_plain, validate_pipeline
+from ..config import load_params, to_plain, validate_pipeline
 from ..errors import StarshiftError
 from ..settings import NightView
 
@@ -68,17 +68,15 @@ def run_stage(stage: str, night: str | None, params: str | Path, paths: dict,
     """
     from . import stages
 
-    cfg = load_params(params)
-    plain = to_plain(cfg)
     if stage == "summary":
         from ..report.build import summary
 
-        summary(paths["metrics"], paths["index"], cfg)
+        summary(paths["metrics"], paths["index"], load_params(params))
         return
     if night is None:
         raise StarshiftError(f"stage {stage}: name the night")
-    night_config(cfg, night)  # the night exists and its effective config is valid
-    view = NightView(plain, night, log)
+    cfg = load_params(params, nights=[night])  # the night exists, its config is valid
+    view = NightView(to_plain(cfg), night, log)
     if stage == "centroid":
         stages.stage_measure(paths["frames"], paths["shifts"], view, progress)
     elif stage == "shift":
