@@ -98,3 +98,22 @@ def test_night_base_equals_the_schema_defaults():
     schema = asdict(NightConfig())
     schema.pop("input_dir")
     assert base == schema
+
+
+def test_the_align_stages_import_no_pandas(project, small_night):
+    """centroid, shift, reject and compare read and write their tables without pandas (0.3-0.4 s
+    of import per stage process on the benchmark machine); only the report uses DataFrames."""
+    import subprocess
+    import sys
+
+    paths = stage_paths(project, small_night)
+    for stage in ("centroid", "shift", "reject", "compare"):
+        args = ["-q", "stage", stage, "tiny"]
+        for key in STAGES[stage]:
+            args += [f"--{key}", str(paths[key])]
+        code = ("import sys; from starshift.cli import main; "
+                f"rc = main({args!r}); print(rc, 'pandas' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
+                             text=True, check=True).stdout.splitlines()[-1]
+        assert out == "0 False", stage
+    assert (paths["diagnostics"]).is_file() and (paths["compare"]).is_file()

@@ -13,6 +13,7 @@ from test_quality import good_frames, with_bad_frames
 from starshift import columns as C
 from starshift._table import Table, seed_table
 from starshift.config import compose_align
+from starshift.errors import StarshiftError
 from starshift.pipeline.stages import _align_rows, align, discover
 from starshift.quality import night_rules
 from starshift.settings import night_settings
@@ -124,3 +125,68 @@ def test_starshift_align_imports_neither_pandas_nor_omegaconf(small_night, tmp_p
     assert loaded("p", "jobs=2") == "0 False True"
     for name in ("diagnostics.csv", "thresholds.csv", "f02.fit"):
         assert (tmp_path / "o" / name).read_bytes() == (tmp_path / "p" / name).read_bytes()
+
+
+#: CSV columns of every kind pandas tells apart, with the awkward fields: empty ones, inf,
+#: signs and exponents, booleans with a gap, integers beyond int64, text that looks numeric
+CSV_COLUMNS = {
+    "ints": ["1", "-2", "+3", "007", "0", "5"],
+    "int_gap": ["1", "", "3", "4", "5", "6"],
+    "floats": ["0.1234", "-3.5", "1e5", ".5", "5.", "1.23457e-05"],
+    "inf": ["inf", "-Infinity", "", "1", "+INF", "2"],
+    "bools": ["True", "False", "TRUE", "false", "true", "FALSE"],
+    "bool_gap": ["True", "", "False", "True", "True", "False"],
+    "text": ["kept", "", "rejected", "a,b", 'say "x"', "failed"],
+    "nanlike": ["nan", "1", "NaN", "2", "-nan", "3"],
+    "numberish": ["1_000", "0x10", "1", "2", "3", "4"],
+    "empty": ["", "", "", "", "", ""],
+    "huge": ["99999999999999999999", "1", "2", "3", "4", "5"],
+}
+
+
+def _csv_text(columns: dict[str, list[str]]) -> str:
+    import csv as _csv
+    import io
+
+    buf = io.StringIO()
+    w = _csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows(zip(*columns.values(), strict=True))
+    return buf.getvalue()
+
+
+def test_from_csv_types_and_values_as_pandas_read_csv(small_night, tmp_path):
+    import io
+
+    from starshift import io as fio
+
+    def pandas(text: str) -> pd.DataFrame:
+        return pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""])
+
+    def same(text: str) -> None:
+        mine, theirs = Table.from_csv(text), pandas(text)
+        assert mine.columns == list(theirs.columns)
+        for c in mine.columns:
+            kind = theirs[c].dtype.kind if theirs[c].dtype.kind in "biuf" else "O"
+            assert mine[c].dtype.kind == kind, c
+        assert repr(mine.rows()) == repr(theirs.to_dict("records"))  # values and their types
+
+    same(_csv_text(CSV_COLUMNS))
+    same("a,b\n")                       # no rows
+    same("a\n1\n\n2\n")                 # a blank line is skipped
+    same(_csv_text({"x": [" 1.5", "2 "]}))
+    # the tables the stages write, read back: the same rows as pandas reads, bit for bit
+    diag = align(small_night, tmp_path / "o", compose_align([]))
+    for name in ("diagnostics.csv", "thresholds.csv"):
+        path = tmp_path / "o" / name
+        mine, theirs = fio.read_rows(path), fio.read_table(path)
+        assert repr(mine.rows()) == repr(theirs.to_dict("records"))
+        assert mine.to_csv("%.4f") == theirs.to_csv(index=False, float_format="%.4f",
+                                                     lineterminator="\n")
+    assert len(diag) == len(fio.read_rows(tmp_path / "o" / "diagnostics.csv"))
+    for bad in ("a,b\n1\n", "a,a\n1,2\n", ""):
+        with pytest.raises(ValueError):
+            Table.from_csv(bad)
+    (tmp_path / "bad.csv").write_text("a,b\n1,2,3\n")
+    with pytest.raises(StarshiftError, match="not a readable CSV table"):
+        fio.read_rows(tmp_path / "bad.csv")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from numbers import Integral, Real
@@ -56,6 +57,49 @@ def _typed(values: list) -> np.ndarray:
     return out
 
 
+_INT = re.compile(r"\s*[+-]?\d+\s*")
+_FLOAT = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*")
+_INF = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
+        "+infinity": math.inf, "-infinity": -math.inf}
+_BOOL = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False,
+         "false": False}
+
+
+def _float(text: str) -> float | None:
+    if _FLOAT.fullmatch(text):
+        return float(text)
+    return _INF.get(text.strip().lower())
+
+
+def _parsed(fields: Sequence[str]) -> np.ndarray:
+    """One CSV column as ``pandas.read_csv(keep_default_na=False, na_values=[""])`` types it:
+    int64 (every field an integer), float64 (numbers, NaN for an empty field), bool (every
+    field True or False), else objects: text, NaN for an empty field (the missing booleans
+    too)."""
+    present = [f for f in fields if f != ""]
+    if not present:
+        return np.full(len(fields), np.nan) if fields else _objects([])
+    if len(present) == len(fields) and all(_INT.fullmatch(f) for f in present):
+        values = [int(f) for f in fields]
+        if all(-(2 ** 63) <= v < 2 ** 63 for v in values):
+            return np.array(values, dtype=np.int64)
+        return _objects(values)
+    numbers = [_float(f) for f in present]
+    if all(v is not None for v in numbers):
+        return np.array([np.nan if f == "" else _float(f) for f in fields], dtype=np.float64)
+    if all(f in _BOOL for f in present):
+        if len(present) == len(fields):
+            return np.array([_BOOL[f] for f in fields], dtype=bool)
+        return _objects([_BOOL.get(f, np.nan) for f in fields])
+    return _objects([np.nan if f == "" else f for f in fields])
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
 def _sorted(values: set) -> list:
     """Values in order; a column mixing kinds that do not compare (a header giving a number for
     some frames and text for others) in the order of their kinds' names, then their text."""
@@ -86,6 +130,24 @@ class Table:
         else:
             names = list(columns)
         table = cls({c: _typed([r.get(c, np.nan) for r in rows]) for c in names})
+        table._n = len(rows)
+        return table
+
+    @classmethod
+    def from_csv(cls, text: str) -> Table:
+        """A CSV table (as :meth:`to_csv` writes it), typed as ``pandas.read_csv(...,
+        keep_default_na=False, na_values=[""])`` types it; blank lines are skipped. Raises
+        ValueError for a row of another length than the header, or a repeated name."""
+        lines = [row for row in csv.reader(io.StringIO(text)) if row]
+        if not lines:
+            raise ValueError("no header")
+        names, rows = lines[0], lines[1:]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a column name is repeated: {names}")
+        for i, row in enumerate(rows, 2):
+            if len(row) != len(names):
+                raise ValueError(f"row {i} has {len(row)} fields, the header {len(names)}")
+        table = cls({c: _parsed([r[k] for r in rows]) for k, c in enumerate(names)})
         table._n = len(rows)
         return table
 
@@ -136,6 +198,14 @@ class Table:
         names = self.columns
         for i in range(self._n):
             yield {c: self._cols[c][i] for c in names}
+
+    def rows(self) -> list[dict]:
+        """The rows as dicts of Python values (int, float, bool, str; NaN where missing), as
+        ``DataFrame.to_dict("records")`` gives them."""
+        names = self.columns
+        values = [self._cols[c].tolist() for c in names]
+        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)] \
+            if names else [{} for _ in range(self._n)]
 
     def groups(self, by: Sequence[str]) -> list[tuple[tuple, np.ndarray]]:
         """``(key, positions)`` of the rows with equal values in the ``by`` columns, keys

@@ -266,18 +266,13 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
     """DVC ``shift`` stage: every measured frame shifted, plus residuals (no decisions)."""
     input_dir, out_dir = Path(input_dir), Path(out_dir)
     s = night_settings(cfg, ["shift"])
-    table = fio.read_table(shifts_table)
-    names = table[C.FILE].tolist()
-    refs = table.loc[table[C.REFERENCE] == 1, C.FILE].tolist()
-    if len(refs) != 1:
-        raise StarshiftError(f"{shifts_table}: exactly one row must be marked as the reference")
-    ref_row = table[table[C.FILE] == refs[0]].iloc[0]
+    names, rows, ref_row = _shifts_rows(shifts_table)
     with fio.output_folder(out_dir) as out:
-        ref = load_reference(input_dir, refs[0], s, (int(ref_row[C.PRE_DX]),
-                                                     int(ref_row[C.PRE_DY])))
+        ref = load_reference(input_dir, ref_row[C.FILE], s, (int(ref_row[C.PRE_DX]),
+                                                             int(ref_row[C.PRE_DY])))
         out.require_free(_frame_bytes(ref.data.shape))
         results = align_night(names, _reader(input_dir), ref, s.method,
-                              measured=dict(zip(names, table.to_dict("records"), strict=True)),
+                              measured=dict(zip(names, rows, strict=True)),
                               shift=s.shift, cards=_provenance(s), sink=_Sink(out.staging),
                               jobs=s.jobs, executor=s.executor)
         with closing(results):  # on an interruption the workers stop before the staging goes
@@ -288,6 +283,15 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
     return df
 
 
+def _shifts_rows(shifts_table) -> tuple[list[str], list[dict], dict]:
+    """A shifts table's frame names, rows, and the reference's row (exactly one is marked)."""
+    rows = fio.read_rows(shifts_table).rows()
+    refs = [r for r in rows if r.get(C.REFERENCE) == 1]
+    if len(refs) != 1:
+        raise StarshiftError(f"{shifts_table}: exactly one row must be marked as the reference")
+    return [r[C.FILE] for r in rows], rows, refs[0]
+
+
 def stage_reject(residuals_table, out_table, thresholds_table, cfg) -> Table:
     """DVC ``reject`` stage: every frame's status by the night's rules, and the thresholds.
 
@@ -295,8 +299,7 @@ def stage_reject(residuals_table, out_table, thresholds_table, cfg) -> Table:
     stage wrote them (no copies).
     """
     s = night_settings(cfg, ["reject"])
-    table = fio.read_table(residuals_table)
-    rows = table.to_dict("records")
+    rows = fio.read_rows(residuals_table).rows()
     for row in rows:
         for col in (C.REMEASURE, C.REASON):
             row[col] = "" if is_missing(row.get(col)) else row.get(col)
@@ -312,42 +315,43 @@ COMPARE_COLUMNS = [C.FILE, "box_dx", "box_dy", "box_status", "auto_dx", "auto_dy
                    "auto_sigma_dx", "auto_sigma_dy", "auto_n_stars", "auto_status"]
 
 
-def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False):
+def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False) -> Table:
     """DVC ``compare`` stage: the seed's box estimate beside the automatic one, per frame.
 
     The night's own method's estimates come from its shifts table; the other method measures
     the same frames against the same reference, with the same pre-shifts. A night without a
     search box has nothing to compare: the table is empty.
     """
-    import pandas as pd
-
     from ..night import AutoMethod, BoxMethod
 
     input_dir, s = Path(input_dir), night_settings(cfg, ["compare"])
-    table = fio.read_table(shifts_table)
     if s.box is None:
-        out = pd.DataFrame(columns=COMPARE_COLUMNS)
+        fio.read_rows(shifts_table)  # the input must still be there and readable
+        out = Table({c: np.empty(0, dtype=object) for c in COMPARE_COLUMNS})
         fio.write_table(out, out_table)
         return out
+    names, mine, ref_row = _shifts_rows(shifts_table)
     other = AutoMethod(s.catalogue) if s.method.name == "box" else BoxMethod(s.box)
-    names = table[C.FILE].tolist()
-    ref_name = table.loc[table[C.REFERENCE] == 1, C.FILE].iloc[0]
-    ref = load_reference(input_dir, ref_name, s)
+    ref = load_reference(input_dir, ref_row[C.FILE], s)
     # only the shifts are compared: the frames' quality metrics would be thrown away
     results = align_night(names, _reader(input_dir), ref, other, pre_shift=s.pre_shift,
                           fill=s.fill, jobs=s.jobs, executor=s.executor, quality=False)
-    rows = [r.row for r in _progress(results, len(names), f"compare {input_dir.name}",
-                                     progress)]
-    mine, theirs = table, pd.DataFrame(rows)
+    theirs = [r.row for r in _progress(results, len(names), f"compare {input_dir.name}",
+                                       progress)]
     box, auto = (mine, theirs) if s.method.name == "box" else (theirs, mine)
-    out = pd.DataFrame({C.FILE: names})
-    out = out.merge(box[[C.FILE, C.DX, C.DY, C.STATUS]].rename(
-        columns={C.DX: "box_dx", C.DY: "box_dy", C.STATUS: "box_status"}), on=C.FILE)
-    out = out.merge(auto[[C.FILE, C.DX, C.DY, C.SIGMA_DX, C.SIGMA_DY, C.N_STARS, C.STATUS]]
-                    .rename(columns={C.DX: "auto_dx", C.DY: "auto_dy",
-                                     C.SIGMA_DX: "auto_sigma_dx", C.SIGMA_DY: "auto_sigma_dy",
-                                     C.N_STARS: "auto_n_stars", C.STATUS: "auto_status"}),
-                    on=C.FILE)
+    picked = {"box": ((C.DX, "box_dx"), (C.DY, "box_dy"), (C.STATUS, "box_status")),
+              "auto": ((C.DX, "auto_dx"), (C.DY, "auto_dy"), (C.SIGMA_DX, "auto_sigma_dx"),
+                       (C.SIGMA_DY, "auto_sigma_dy"), (C.N_STARS, "auto_n_stars"),
+                       (C.STATUS, "auto_status"))}
+    columns = {C.FILE: np.array(names, dtype=object)}
+    for side, rows in (("box", box), ("auto", auto)):
+        # each side's columns typed as that side's table types them, in the frames' order
+        table = Table.from_rows(rows, [C.FILE] + [c for c, _ in picked[side]])
+        at = {n: i for i, n in enumerate(table[C.FILE].tolist())}
+        order = np.array([at[n] for n in names], dtype=np.intp)
+        for col, name in picked[side]:
+            columns[name] = table[col][order]
+    out = Table(columns)
     fio.write_table(out, out_table)
     return out
 
