@@ -92,6 +92,11 @@ def run_once(rev: str, pure_yaml: bool, scratch: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{rev}: dvc repro failed: {(proc.stderr or proc.stdout).strip()}")
     stages = [float(line.split()[1]) for line in log.read_text().splitlines()]
+    kinds: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        words = line.split()[2:]
+        kind = words[1] if words[:1] == ["stage"] and len(words) > 1 else words[0]
+        kinds[kind] = kinds.get(kind, 0.0) + float(line.split()[1])
     changed = subprocess.run(["git", "status", "--porcelain", "--", "reports", "metrics",
                               "params.yaml"], cwd=clone, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -101,7 +106,7 @@ def run_once(rev: str, pure_yaml: bool, scratch: Path) -> dict:
     same = not changed and outs == _lock_outputs(committed)
     shutil.rmtree(clone, ignore_errors=True)
     return {"sha": sha, "wall": wall, "stages": sum(stages), "n": len(stages), "same": same,
-            "outs": outs}
+            "outs": outs, "kinds": kinds}
 
 
 def main(argv=None) -> int:
@@ -148,6 +153,15 @@ def main(argv=None) -> int:
         print(f"| {name} | {rs[0]['sha']}{' (no C YAML parser)' if pure else ''} | {wall:.1f} | "
               f"{stages:.1f} | {wall - stages:.1f} | "
               f"{'as committed' if all(r['same'] for r in rs) else 'DIFFER'} | {ratio:.2f}x |")
+    kinds = list(dict.fromkeys(k for rs in runs.values() for r in rs for k in r["kinds"]))
+    print("\nStage processes by kind (s, summed over the nights, median of the runs):\n")
+    print("| way | " + " | ".join(kinds) + " |")
+    print("|---|" + "---|" * len(kinds))
+    for name, _rev, _pure in ways:
+        rs = runs[name]
+        print(f"| {name} | " + " | ".join(
+            f"{statistics.median(r['kinds'].get(k, 0.0) for r in rs):.1f}" for k in kinds)
+            + " |")
     return 0 if all(r["same"] for rs in runs.values() for r in rs) else 1
 
 
