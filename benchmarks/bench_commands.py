@@ -748,7 +748,7 @@ def env_text(info: dict) -> str:
 
 
 # --------------------------------------------------------------------------- DVC stages
-STAGE_CHAIN = ("centroid", "shift", "reject", "compare", "report")
+STAGE_CHAIN = ("centroid", "shift", "reject", "report")
 ALIGN_STAGES = ("centroid", "shift", "reject")
 
 

@@ -104,7 +104,7 @@ def test_one_nights_box_size_reruns_only_that_night_and_the_summary():
     for name in direct:
         rerun |= downstream[name]
     assert rerun == {"centroid@march_09_2018", "shift@march_09_2018", "reject@march_09_2018",
-                     "compare@march_09_2018", "report@march_09_2018", "summary"}
+                     "report@march_09_2018", "summary"}
 
 
 def test_shared_setting_reruns_every_night_but_not_the_sample():

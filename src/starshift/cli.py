@@ -105,10 +105,9 @@ def _cmd_compose(args) -> int:
 
 #: the pipeline's stages and the paths each one takes (dvc.yaml passes them)
 STAGES = {
-    "centroid": ("frames", "shifts"),
+    "centroid": ("frames", "shifts", "compare"),
     "shift": ("frames", "shifts", "shifted", "residuals"),
     "reject": ("residuals", "diagnostics", "thresholds"),
-    "compare": ("frames", "shifts", "compare"),
     "report": ("frames", "diagnostics", "thresholds", "compare", "shifted", "report", "plots",
                "metrics", "stack"),
     "summary": ("metrics", "index"),
@@ -120,7 +119,7 @@ STAGE_PATHS = {
     "residuals": "residuals table (shift's output)",
     "diagnostics": "diagnostics table (reject's output)",
     "thresholds": "the night's rejection thresholds (reject's output)",
-    "compare": "box-vs-automatic table (compare's output)",
+    "compare": "box-vs-automatic table (centroid's output; empty for a night without a box)",
     "report": "the night's report folder",
     "plots": "the night's report images folder",
     "metrics": "the night's metrics.json (for summary: the folder of every night's)",
@@ -209,9 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stage", help="run one DVC pipeline stage (used by dvc.yaml)",
                         description="Run one stage of the DVC pipeline for one night, reading "
-                                    "params.yaml: centroid -> shift -> reject -> compare -> "
-                                    "report; summary. Every path comes from the command line "
-                                    "(dvc.yaml gives them).")
+                                    "params.yaml: centroid (with the box-vs-automatic "
+                                    "table) -> shift -> reject -> report; summary. Every "
+                                    "path comes from the command line (dvc.yaml gives them).")
     st.add_argument("stage", choices=list(STAGES))
     st.add_argument("night", nargs="?", help="night name (a key of nights: in params.yaml)")
     st.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")

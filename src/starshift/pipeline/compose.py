@@ -78,21 +78,20 @@ def run_stage(stage: str, night: str | None, params: str | Path, paths: dict,
     cfg = load_params(params, nights=[night])  # the night exists, its config is valid
     view = NightView(to_plain(cfg), night, log)
     if stage == "centroid":
-        stages.stage_measure(paths["frames"], paths["shifts"], view, progress)
+        stages.stage_measure(paths["frames"], paths["shifts"], view, progress,
+                             compare_table=paths.get("compare"))
     elif stage == "shift":
         stages.stage_shift(paths["frames"], paths["shifts"], paths["shifted"],
                            paths["residuals"], view, progress)
     elif stage == "reject":
         stages.stage_reject(paths["residuals"], paths["diagnostics"], paths["thresholds"], view)
-    elif stage == "compare":
-        stages.stage_compare(paths["frames"], paths["shifts"], paths["compare"], view, progress)
     elif stage == "report":
         from ..report.build import night_report
 
         night_report(night, paths, view, progress)
     else:
-        raise StarshiftError(f"unknown stage {stage!r}: centroid, shift, reject, compare, "
-                             "report, summary")
+        raise StarshiftError(f"unknown stage {stage!r}: centroid, shift, reject, report, "
+                             "summary")
 
 
 def add_night(name: str, input_dir: str | Path, conf_dir: str | Path = "conf",

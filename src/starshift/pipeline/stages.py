@@ -255,10 +255,15 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
     return rows
 
 
-def stage_measure(input_dir, out_table, cfg, progress=False) -> Table:
-    """DVC ``centroid`` stage: the shifts table."""
-    table, _ = measure(input_dir, cfg, progress)
+def stage_measure(input_dir, out_table, cfg, progress=False, compare_table=None) -> Table:
+    """DVC ``centroid`` stage: the shifts table and, at ``compare_table``, the seed's box
+    estimate beside the automatic one (:func:`compare_methods`), measured against the same
+    prepared reference in the same process."""
+    table, ref = measure(input_dir, cfg, progress)
     fio.write_table(table, out_table)
+    if compare_table is not None:
+        fio.write_table(compare_methods(input_dir, out_table, ref, cfg, progress),
+                        compare_table)
     return table
 
 
@@ -315,24 +320,23 @@ COMPARE_COLUMNS = [C.FILE, "box_dx", "box_dy", "box_status", "auto_dx", "auto_dy
                    "auto_sigma_dx", "auto_sigma_dy", "auto_n_stars", "auto_status"]
 
 
-def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False) -> Table:
-    """DVC ``compare`` stage: the seed's box estimate beside the automatic one, per frame.
+def compare_methods(input_dir, shifts_table, ref: NightReference, cfg, progress=False
+                    ) -> Table:
+    """The box-versus-automatic table: the seed's box estimate beside the automatic one, per
+    frame (the report's check of the night's method).
 
-    The night's own method's estimates come from its shifts table; the other method measures
-    the same frames against the same reference, with the same pre-shifts. A night without a
-    search box has nothing to compare: the table is empty.
+    The night's own method's estimates come from its shifts table (``shifts_table``, as
+    written); the other method measures the same frames against the same prepared reference
+    ``ref``, with the same pre-shifts. A night without a search box has nothing to compare:
+    the table is empty.
     """
     from ..night import AutoMethod, BoxMethod
 
     input_dir, s = Path(input_dir), night_settings(cfg, ["compare"])
     if s.box is None:
-        fio.read_rows(shifts_table)  # the input must still be there and readable
-        out = Table({c: np.empty(0, dtype=object) for c in COMPARE_COLUMNS})
-        fio.write_table(out, out_table)
-        return out
-    names, mine, ref_row = _shifts_rows(shifts_table)
+        return Table({c: np.empty(0, dtype=object) for c in COMPARE_COLUMNS})
+    names, mine, _ = _shifts_rows(shifts_table)
     other = AutoMethod(s.catalogue) if s.method.name == "box" else BoxMethod(s.box)
-    ref = load_reference(input_dir, ref_row[C.FILE], s)
     # only the shifts are compared: the frames' quality metrics would be thrown away
     results = align_night(names, _reader(input_dir), ref, other, pre_shift=s.pre_shift,
                           fill=s.fill, jobs=s.jobs, executor=s.executor, quality=False)
@@ -351,7 +355,5 @@ def stage_compare(input_dir, shifts_table, out_table, cfg, progress=False) -> Ta
         order = np.array([at[n] for n in names], dtype=np.intp)
         for col, name in picked[side]:
             columns[name] = table[col][order]
-    out = Table(columns)
-    fio.write_table(out, out_table)
-    return out
+    return Table(columns)
 
