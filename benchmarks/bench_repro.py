@@ -102,8 +102,12 @@ def run_once(rev: str, pure_yaml: bool, scratch: Path) -> dict:
                              check=True).stdout.strip()
     committed = subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=clone, check=True,
                                capture_output=True, text=True).stdout
-    outs = _lock_outputs((clone / "dvc.lock").read_text())
+    lock = (clone / "dvc.lock").read_text()
+    outs = _lock_outputs(lock)
     same = not changed and outs == _lock_outputs(committed)
+    if lock != committed:
+        print(f"  {sha}: dvc.lock differs from the committed one (code hashes, if outputs are "
+              "as committed)", flush=True)
     shutil.rmtree(clone, ignore_errors=True)
     return {"sha": sha, "wall": wall, "stages": sum(stages), "n": len(stages), "same": same,
             "outs": outs, "kinds": kinds}
