@@ -12,9 +12,9 @@ own time between the stages (reading dvc.yaml, dvc.lock and params.yaml, hashing
 lock) is printed beside the stages'.
 
 Outputs are checked, not assumed: after each run the clone's committed `reports/`, `metrics/`
-and `params.yaml` must be unchanged (`git status`), and every data hash in its `dvc.lock` equal
-to the committed one and to the first way's; the code hashes (``src/starshift``) are the only
-lines allowed to differ.
+and `params.yaml` must be unchanged (`git status`), and the hash of every output in its
+`dvc.lock` equal to the committed one and to the first way's, by path (the code hashes may
+differ, and an output may move from one stage to another between revisions).
 
 A way ``NAME=REV:pure-yaml`` runs DVC without ruamel.yaml's C parser (a module of that name that
 fails to import is put first on PYTHONPATH): how DVC ran before starshift declared
@@ -59,11 +59,10 @@ def _clone(rev: str, where: Path) -> str:
 
 
 def _lock_outputs(text: str) -> dict:
-    """Every dep and out hash of a dvc.lock except the code's (``src/starshift...``)."""
+    """The hash of every output of a dvc.lock, by path (whichever stage writes it: a stage's
+    outputs can move to another stage between revisions)."""
     stages = yaml.safe_load(text)["stages"]
-    return {(name, kind, e["path"]): e.get("md5") for name, st in stages.items()
-            for kind in ("deps", "outs") for e in st.get(kind, [])
-            if not e["path"].startswith("src/")}
+    return {e["path"]: e.get("md5") for st in stages.values() for e in st.get("outs", [])}
 
 
 def run_once(rev: str, pure_yaml: bool, scratch: Path) -> dict:
