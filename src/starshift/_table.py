@@ -1,15 +1,17 @@
 """A per-frame table without pandas: rows in; typed columns, groups and CSV out.
 
-``starshift align`` builds one table of a night (a row per frame), decides it and writes it.
-Importing pandas for that costs a process 0.23-0.36 s on the benchmark machine (a tenth of a
-whole 1 MP night), so the align path uses this instead and imports pandas only where a
-caller asks for a DataFrame (:meth:`Table.to_frame`) or reads a CSV back.
+``starshift align`` builds one table of a night (a row per frame), decides it and writes it;
+the DVC stages before the report read such tables back (:meth:`Table.from_csv`). Importing
+pandas for that costs a process 0.23-0.36 s on the benchmark machine (a tenth of a whole 1 MP
+night), so those paths use this instead and import pandas only where a caller asks for a
+DataFrame (:meth:`Table.to_frame`, :func:`starshift.io.read_table`: the report).
 
 The columns are typed the way ``pandas.DataFrame(rows)`` types them (a missing value in a
 column of numbers makes it float, a missing value among booleans or text keeps the objects),
 and :meth:`Table.to_csv` writes the same bytes as ``DataFrame.to_csv(index=False,
-float_format=..., lineterminator="\\n")``; the tests check both against pandas. The seed's
-text table of a night (:func:`seed_table`, what ``starshift align`` prints) is here too.
+float_format=..., lineterminator="\\n")``; :meth:`Table.from_csv` types a CSV's columns as
+``read_csv`` does. The tests check all three against pandas. The seed's text table of a night
+(:func:`seed_table`, what ``starshift align`` prints) is here too.
 """
 
 from __future__ import annotations

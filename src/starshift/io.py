@@ -444,13 +444,18 @@ def write_table(df, path: str | os.PathLike, float_format: str = "%.4f") -> None
     write_text(path, text)
 
 
-def read_table(path: str | os.PathLike):
-    """Read a CSV table written by :func:`write_table`, as a pandas DataFrame."""
-    import pandas as pd  # only the stages that read a table back pay its import
-
+def _existing_table(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise StarshiftError(f"{path}: no such table; run the stage that writes it first")
+    return path
+
+
+def read_table(path: str | os.PathLike):
+    """Read a CSV table written by :func:`write_table`, as a pandas DataFrame."""
+    import pandas as pd  # only the report and library callers pay its import
+
+    path = _existing_table(path)
     try:
         return pd.read_csv(path, keep_default_na=False, na_values=[""])
     except Exception as exc:
@@ -460,9 +465,7 @@ def read_table(path: str | os.PathLike):
 def read_rows(path: str | os.PathLike) -> Table:
     """:func:`read_table` as a :class:`~starshift._table.Table` (typed alike), without pandas:
     for the stages that only read their table's rows back."""
-    path = Path(path)
-    if not path.is_file():
-        raise StarshiftError(f"{path}: no such table; run the stage that writes it first")
+    path = _existing_table(path)
     try:
         return Table.from_csv(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, csv.Error, ValueError) as exc:
