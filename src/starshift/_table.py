@@ -21,7 +21,7 @@ import io
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 
 import numpy as np
@@ -86,9 +86,9 @@ def _parsed(fields: Sequence[str]) -> np.ndarray:
         if all(-(2 ** 63) <= v < 2 ** 63 for v in values):
             return np.array(values, dtype=np.int64)
         return _objects(values)
-    numbers = [_float(f) for f in present]
+    numbers = [np.nan if f == "" else _float(f) for f in fields]
     if all(v is not None for v in numbers):
-        return np.array([np.nan if f == "" else _float(f) for f in fields], dtype=np.float64)
+        return np.array(numbers, dtype=np.float64)
     if all(f in _BOOL for f in present):
         if len(present) == len(fields):
             return np.array([_BOOL[f] for f in fields], dtype=bool)
@@ -195,12 +195,6 @@ class Table:
         return np.array([missing if is_missing(x) else str(x) for x in self._cols[name]],
                         dtype=object)
 
-    def records(self) -> Iterator[dict]:
-        """The rows as dicts, in order."""
-        names = self.columns
-        for i in range(self._n):
-            yield {c: self._cols[c][i] for c in names}
-
     def rows(self) -> list[dict]:
         """The rows as dicts of Python values (int, float, bool, str; NaN where missing), as
         ``DataFrame.to_dict("records")`` gives them."""
@@ -276,7 +270,7 @@ def seed_table(diag, max_residual: float = 0.5) -> str:
 
     ``diag`` is the diagnostics, a :class:`~starshift._table.Table` or a pandas DataFrame.
     """
-    rows = list(diag.records() if isinstance(diag, Table) else diag.to_dict("records"))
+    rows = diag.rows() if isinstance(diag, Table) else diag.to_dict("records")
     width = max([len("file")] + [len(str(r[C.FILE])) for r in rows])
     head = (f"{'file':<{width}} {'x':>8} {'y':>8} {'dx':>8} {'dy':>8} {'new dx':>8} "
             f"{'new dy':>8} {'check':<6} {'status':<8} reason")
