@@ -603,6 +603,28 @@ def test_quality_plot_panels_limits_and_failed_frames_as_gaps():
     assert res == [-0.5, 0.5]
 
 
+def test_quality_plot_fixed_layout_holds_every_label():
+    """The panels sit at fixed positions (no layout engine): each panel's tick labels, axis
+    labels and notes stay inside the figure and off every other panel, even for sky values in
+    the tens of thousands, two-line axis labels and filter names on top."""
+    diag, thresholds = _quality()
+    diag[C.SKY] = diag[C.SKY] * 300.0  # five-digit tick labels
+    fig = quality_figure(diag, thresholds, title="march_09_2018")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    whole = fig.bbox
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    boxes = [ax.get_tightbbox(renderer) for ax in shown]
+    for ax, box in zip(shown, boxes, strict=True):
+        assert (box.x0 >= whole.x0 and box.y0 >= whole.y0 and box.x1 <= whole.x1
+                and box.y1 <= whole.y1), ax.get_ylabel()
+    for i, a in enumerate(shown):
+        for b, box in zip(shown[i + 1:], boxes[i + 1:], strict=True):
+            assert not boxes[i].overlaps(box), (a.get_ylabel(), b.get_ylabel())
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert legend.y0 >= whole.y0 and not any(legend.overlaps(b) for b in boxes)
+
+
 def test_quality_plot_without_thresholds_or_metrics():
     diag, _ = _quality()
     assert quality_plot(diag).startswith(PNG)

@@ -26,11 +26,11 @@ _RC = {"font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsiz
        "xtick.labelsize": 7, "ytick.labelsize": 7}
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
