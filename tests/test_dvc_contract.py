@@ -103,18 +103,20 @@ def test_night_base_equals_the_schema_defaults():
 def test_the_align_stages_import_no_pandas(project, small_night):
     """centroid (with the box-vs-automatic table), shift and reject read and write their tables
     without pandas (0.3-0.4 s of import per stage process on the benchmark machine); only the
-    report uses DataFrames."""
+    report uses DataFrames. Run as DVC runs them in CI (standard error not a terminal, no
+    ``-q``), they draw no progress bar into the log."""
     import subprocess
     import sys
 
     paths = stage_paths(project, small_night)
     for stage in ("centroid", "shift", "reject"):
-        args = ["-q", "stage", stage, "tiny"]
+        args = ["stage", stage, "tiny"]
         for key in STAGES[stage]:
             args += [f"--{key}", str(paths[key])]
         code = ("import sys; from starshift.cli import main; "
                 f"rc = main({args!r}); print(rc, 'pandas' in sys.modules)")
-        out = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
-                             text=True, check=True).stdout.splitlines()[-1]
-        assert out == "0 False", stage
+        done = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
+                              text=True, check=True)
+        assert done.stdout.splitlines()[-1] == "0 False", stage
+        assert "it/s" not in done.stderr and "\r" not in done.stderr, stage
     assert (paths["diagnostics"]).is_file() and (paths["compare"]).is_file()

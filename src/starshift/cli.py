@@ -63,12 +63,19 @@ example:
 """
 
 
+def _progress(args) -> bool:
+    """Progress bars: unless ``-q``, and only on a terminal (see :mod:`starshift._progress`)."""
+    from ._progress import on_terminal
+
+    return not args.quiet and on_terminal()
+
+
 def _cmd_sample(args) -> int:
     from .datasets import generate_sample
 
     _imports_done()
     nights = [n.strip() for n in args.nights.split(",")] if args.nights else None
-    dirs = generate_sample(args.out, seed=args.seed, nights=nights, progress=not args.quiet)
+    dirs = generate_sample(args.out, seed=args.seed, nights=nights, progress=_progress(args))
     for d in dirs:
         print(d)
     return 0
@@ -83,7 +90,7 @@ def _cmd_align(args) -> int:
     _imports_done()
     # no overrides: the schema's defaults as they are, without OmegaConf (see align_defaults)
     cfg = compose_align(args.overrides) if args.overrides else align_defaults()
-    diag = align_table(args.input_dir, args.output_dir, cfg, progress=not args.quiet)
+    diag = align_table(args.input_dir, args.output_dir, cfg, progress=_progress(args))
     print(seed_table(diag, cfg["reject"]["max_residual"]))
     kept = int((diag[C.STATUS] == C.KEPT).sum())
     print(f"wrote {kept} aligned frame(s) and diagnostics.csv to {args.output_dir}")
@@ -139,7 +146,7 @@ def _cmd_stage(args) -> int:
     if missing:
         raise StarshiftError(f"stage {args.stage}: give {', '.join(missing)} (dvc.yaml does)")
     paths = {k: getattr(args, k) for k in STAGES[args.stage]}
-    run_stage(args.stage, args.night, args.params, paths, progress=not args.quiet)
+    run_stage(args.stage, args.night, args.params, paths, progress=_progress(args))
     return 0
 
 
@@ -174,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Align astronomical science frames so every star lands on the same pixel, "
                     "reject the frames that cannot be trusted, and report it reproducibly.")
     p.add_argument("--version", action="version", version=f"starshift {__version__}")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars or info logs (progress bars are drawn on a terminal "
+                        "only)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("sample", help="generate the synthetic sample nights (with truth.csv)",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from astropy.io import fits
 
+from .._progress import progress_bar
 from ..executors import cores, ordered_map
 from ..io import write_frame, write_table, write_text
 from .extra import truth_readme
@@ -80,10 +81,8 @@ def generate_night(out_dir: str | os.PathLike, night: str, seed: int = DEFAULT_S
     # and written here, in order
     rendered = ordered_map(partial(_render, night, seed), indices,
                            jobs=min(cores(), len(plan.frames)))
-    if progress:
-        from tqdm import tqdm
-
-        rendered = tqdm(rendered, total=len(plan.frames), desc=night, unit="frame", leave=False)
+    rendered = progress_bar(rendered, progress, total=len(plan.frames), desc=night,
+                            unit="frame", leave=False)
     for i, (data, header) in enumerate(rendered):
         write_frame(night_dir / plan.frames[i].file, data, fits_header(header))
     for j in range(N_BIAS):

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from .. import columns as C
 from .. import io as fio
+from .._progress import progress_bar
 from .._table import Table, is_missing
 from ..errors import StarshiftError
 from ..night import NightReference, align_night, decide_night, prepare_night_reference
@@ -104,7 +104,7 @@ def choose_reference_name(found: fio.Discovery, s: NightSettings, progress: bool
         from ..registration import choose_reference
 
         lights, datas = [], []
-        for n in tqdm(found.lights, desc="reference", disable=not progress):
+        for n in progress_bar(found.lights, progress, desc="reference"):
             try:
                 datas.append(fio.read_frame(found.directory / n)[0])
             except StarshiftError as exc:  # its own row says so; not a candidate
@@ -164,7 +164,7 @@ def _diagnostics(rows: list[dict]) -> Table:
 
 
 def _progress(it, total: int, desc: str, progress: bool):
-    return tqdm(it, total=total, desc=desc, disable=not progress)
+    return progress_bar(it, progress, total=total, desc=desc)
 
 
 # --------------------------------------------------------------------------- whole runs

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
-from tqdm import tqdm
 
 from .. import columns as C
 from .. import io as fio
+from .._progress import progress_bar
 from ..columns import REFERENCE
 from .metrics import night_metrics, with_truth
 from .tables import check_marker, markdown_table
@@ -191,7 +191,7 @@ def _photometry_images(night: str, input_dir: Path, ref_name: str, ref_data: np.
     in_gif = {order[i] for i in evenly_spaced(len(order), int(rcfg["gif_max_frames"]))}
     phot_rows, gif_frames = [], []
     by_file = usable.set_index(C.FILE)
-    for name in tqdm(order, desc=f"report {night}", disable=not progress):
+    for name in progress_bar(order, progress, desc=f"report {night}"):
         raw = ref_data if name == ref_name else fio.read_frame(input_dir / name)[0]
         dx, dy = float(by_file.loc[name, C.DX]), float(by_file.loc[name, C.DY])
         if len(stars):
