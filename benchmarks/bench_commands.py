@@ -882,6 +882,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     ways = [w.strip() for w in args.ways.split(",") if w.strip()]
+    unknown = [w for w in ways if w not in WAYS]
+    if unknown:
+        ap.error(f"--ways: unknown {', '.join(unknown)}; choose from {','.join(WAYS)}")
     if "astroalign" in ways:
         try:
             import astroalign  # noqa: F401
