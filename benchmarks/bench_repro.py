@@ -141,9 +141,13 @@ def main(argv=None) -> int:
         if args.scratch is None:
             shutil.rmtree(scratch, ignore_errors=True)
     base = runs[ways[0][0]]
-    for rs in runs.values():  # and the same outputs as the first way's
+    differ = {}
+    for name, rs in runs.items():  # and the same outputs as the first way's
         for r in rs:
             r["same"] = r["same"] and r["outs"] == base[0]["outs"]
+            differ.setdefault(name, set()).update(
+                p for p in r["outs"].keys() | base[0]["outs"].keys()
+                if r["outs"].get(p) != base[0]["outs"].get(p))
     print(f"\n`dvc repro` from scratch, median of {args.repeat} alternating runs:\n")
     print("| way | revision | wall s | stage processes s | DVC between stages s | outputs "
           "| speed-up |")
@@ -156,6 +160,9 @@ def main(argv=None) -> int:
         print(f"| {name} | {rs[0]['sha']}{' (no C YAML parser)' if pure else ''} | {wall:.1f} | "
               f"{stages:.1f} | {wall - stages:.1f} | "
               f"{'as committed' if all(r['same'] for r in rs) else 'DIFFER'} | {ratio:.2f}x |")
+    for name, paths in differ.items():
+        if paths:
+            print(f"\n{name}: outputs that differ from {ways[0][0]}'s: {', '.join(sorted(paths))}")
     kinds = list(dict.fromkeys(k for rs in runs.values() for r in rs for k in r["kinds"]))
     print("\nStage processes by kind (s, summed over the nights, median of the runs):\n")
     print("| way | " + " | ".join(kinds) + " |")
