@@ -63,6 +63,32 @@ def test_dask_without_distributed_says_what_to_install(small_night, tmp_path, ca
         "starshift: error: executor=dask needs dask.distributed: pip install 'starshift[dask]'")
 
 
+def test_unreachable_dask_scheduler_is_one_line_and_leaves_no_output(small_night, tmp_path,
+                                                                     capsys, monkeypatch):
+    """A scheduler address nobody listens at: after the connect timeout (shortened here), one
+    line naming the address and what to do, exit 2, no output folder."""
+    pytest.importorskip("distributed")
+    import socket
+
+    import starshift.executors
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(starshift.executors, "CONNECT_TIMEOUT", "2s")
+    address = f"tcp://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    assert main(["-q", "align", str(small_night), str(out), "executor=dask",
+                 f"dask.address={address}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"starshift: error: dask.address={address}: cannot reach the "
+                          "scheduler (")
+    assert err.endswith("start one ('dask scheduler', then 'dask worker ADDRESS') or fix the "
+                        "address")
+    assert "\n" not in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def _square(x):
     if x == 7:
         raise ValueError("seven")

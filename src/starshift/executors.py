@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 EXECUTORS = ("local", "dask")
 #: what to do when ``executor=dask`` but dask.distributed is not installed
 DASK_MISSING = "executor=dask needs dask.distributed: pip install 'starshift[dask]'"
+#: how long to keep trying to reach the scheduler at ``dask.address`` (dask's own default is
+#: 30 s): long enough for a scheduler starting beside the run, short enough that a wrong
+#: address is said soon
+CONNECT_TIMEOUT = "20s"
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,7 @@ def _dask_map(task, items: list, jobs: int, address: str | None) -> Iterator:
                 client = stack.enter_context(Client(cluster))
         else:
             try:
-                client = stack.enter_context(Client(address, timeout="20s"))
+                client = stack.enter_context(Client(address, timeout=CONNECT_TIMEOUT))
             except (OSError, TimeoutError, ValueError) as exc:
                 raise StarshiftError(
                     f"dask.address={address}: cannot reach the scheduler ({exc}); start one "
