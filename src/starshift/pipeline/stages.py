@@ -163,10 +163,6 @@ def _diagnostics(rows: list[dict]) -> Table:
     return Table.from_rows(rows, C.DIAGNOSTICS + extra)
 
 
-def _progress(it, total: int, desc: str, progress: bool):
-    return progress_bar(it, progress, total=total, desc=desc)
-
-
 # --------------------------------------------------------------------------- whole runs
 def measure(input_dir: str | Path, cfg, progress: bool = False
             ) -> tuple[Table, NightReference]:
@@ -177,7 +173,8 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
     names = found.names
     results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
                           pre_shift=s.pre_shift, fill=s.fill, jobs=s.jobs, executor=s.executor)
-    rows = [r.row for r in _progress(results, len(names), f"measure {input_dir.name}", progress)]
+    rows = [r.row for r in progress_bar(results, progress, total=len(names),
+                                        desc=f"measure {input_dir.name}")]
     return _shifts_table(rows), ref
 
 
@@ -243,8 +240,8 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
                           sink=_Sink(out.staging) if out is not None else None,
                           jobs=s.jobs, executor=s.executor)
     with closing(results):  # on an interruption the workers stop before the staging goes
-        rows = [r.row for r in _progress(results, len(names), f"align {input_dir.name}",
-                                         progress)]
+        rows = [r.row for r in progress_bar(results, progress, total=len(names),
+                                            desc=f"align {input_dir.name}")]
     thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     if out is not None:
         for row in rows:
@@ -281,8 +278,8 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
                               shift=s.shift, cards=_provenance(s), sink=_Sink(out.staging),
                               jobs=s.jobs, executor=s.executor)
         with closing(results):  # on an interruption the workers stop before the staging goes
-            rows = [r.row for r in _progress(results, len(names), f"shift {input_dir.name}",
-                                             progress)]
+            rows = [r.row for r in progress_bar(results, progress, total=len(names),
+                                                desc=f"shift {input_dir.name}")]
     df = Table.from_rows(rows)
     fio.write_table(df, out_table)
     return df
@@ -340,8 +337,8 @@ def compare_methods(input_dir, shifts_table, ref: NightReference, cfg, progress=
     # only the shifts are compared: the frames' quality metrics would be thrown away
     results = align_night(names, _reader(input_dir), ref, other, pre_shift=s.pre_shift,
                           fill=s.fill, jobs=s.jobs, executor=s.executor, quality=False)
-    theirs = [r.row for r in _progress(results, len(names), f"compare {input_dir.name}",
-                                       progress)]
+    theirs = [r.row for r in progress_bar(results, progress, total=len(names),
+                                          desc=f"compare {input_dir.name}")]
     box, auto = (mine, theirs) if s.method.name == "box" else (theirs, mine)
     picked = {"box": ((C.DX, "box_dx"), (C.DY, "box_dy"), (C.STATUS, "box_status")),
               "auto": ((C.DX, "auto_dx"), (C.DY, "auto_dy"), (C.SIGMA_DX, "auto_sigma_dx"),
