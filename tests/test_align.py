@@ -210,6 +210,35 @@ def test_console_align_leaves_unused_numpy_submodules_unimported(small_night, tm
     assert out == ["['f2py', 'testing', 'polynomial']", "False assert_array_equal True []"]
 
 
+def test_scipy_doc_notes_skipped_leave_functions_and_docstrings_as_written():
+    """The console script keeps scipy from re-rendering docstrings as it imports them: the
+    functions are scipy's own, their docstrings are scipy's as written (without the array-API
+    note scipy would append) and their results the same; the hook is gone once used, and is
+    not installed when scipy's module is already imported."""
+    import subprocess
+    import sys
+
+    if not hasattr(pytest.importorskip("scipy._lib._array_api"), "xp_capabilities"):
+        pytest.skip("this scipy does not rewrite docstrings at import (before 1.15)")
+    shift = ("a = scipy.ndimage.shift(np.arange(16.0).reshape(4, 4), (0.5, -1.25), order=3)\n"
+             "doc = scipy.ndimage.shift.__doc__\n"
+             "print(doc.split(chr(10))[0], 'Array API' in doc)\nprint(a.tobytes().hex())\n")
+    probe = ("import sys, numpy as np\nfrom starshift._lazy import skip_scipy_doc_notes\n"
+             "first = skip_scipy_doc_notes()\nimport scipy.ndimage, scipy.fft\n"
+             "import scipy._lib._array_api as aa\n"
+             "print(first, skip_scipy_doc_notes(), aa.FunctionDoc.__name__,\n"
+             "      any('SkipDocNotes' in type(f).__name__ for f in sys.meta_path))\n" + shift)
+    plain = "import numpy as np, scipy.ndimage\n" + shift
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    ref = subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0] == "True False _NoteSkipped False"
+    assert ref[0] == "Shift an array. True"  # scipy appends its note...
+    assert out[1] == "Shift an array. False"  # ...not here
+    assert out[2] == ref[1]  # the same numbers
+
+
 def test_console_exit_runs_atexit_handlers_and_flushes_what_it_printed(small_night, tmp_path):
     """The console script ends without the interpreter's teardown, but only after the
     atexit handlers ran and the output was flushed; its exit code is the command's."""

@@ -9,7 +9,9 @@ processes that filter pay once, when they first do.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
+from contextlib import suppress
 from types import ModuleType
 
 
@@ -57,3 +59,61 @@ def defer_unused_numpy() -> list[str]:
             setattr(np, name, LazyModule(f"numpy.{name}"))
             done.append(name)
     return done
+
+
+#: the scipy module whose ``xp_capabilities`` decorator rewrites docstrings at import
+_ARRAY_API = "scipy._lib._array_api"
+
+
+class _NoteSkipped:
+    """Stands in for scipy's ``FunctionDoc`` in ``xp_capabilities`` (scipy 1.15 on): the
+    decorator parses the docstring of every function it marks, appends a note on array-API
+    support to its Notes and renders it back; this keeps the docstring as written instead."""
+
+    def __init__(self, func) -> None:
+        self._doc = getattr(func, "__doc__", None) or ""
+        self._sections: dict[str, list] = {}
+
+    def __getitem__(self, section: str) -> list:
+        return self._sections.setdefault(section, [])
+
+    def __str__(self) -> str:  # the decorator drops the rendered first line (the signature)
+        return "\n" + self._doc
+
+
+class _SkipDocNotes:
+    """Import hook (on :data:`sys.meta_path`): when :data:`_ARRAY_API` is first imported, its
+    ``FunctionDoc`` becomes :class:`_NoteSkipped`, then the hook removes itself."""
+
+    def find_spec(self, name, path, target=None):
+        if name != _ARRAY_API:
+            return None
+        with suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_and_skip(module) -> None:
+            exec_module(module)
+            if hasattr(module, "FunctionDoc") and hasattr(module, "xp_capabilities"):
+                module.FunctionDoc = _NoteSkipped
+
+        spec.loader.exec_module = exec_and_skip
+        return spec
+
+
+def skip_scipy_doc_notes() -> bool:
+    """Keep scipy from rewriting the docstrings of the functions it marks for array-API
+    support while it imports them (``xp_capabilities``: every function of ``scipy.ndimage``,
+    ``scipy.fft`` and ``scipy.special`` parsed and rendered again with numpydoc's parser).
+    Nothing else changes: the functions are the same objects, their docstrings lose only the
+    added note. The console script calls this (:func:`starshift.cli.run`); a library user's
+    process is left as it is. Returns whether the hook was installed (False once scipy's
+    module is imported: too late).
+    """
+    if _ARRAY_API in sys.modules or any(isinstance(f, _SkipDocNotes) for f in sys.meta_path):
+        return False
+    sys.meta_path.insert(0, _SkipDocNotes())
+    return True
