@@ -38,7 +38,7 @@ from starshift.report import (
     sweep_plot,
 )
 from starshift.report.gif import comparison_panels, evenly_spaced, grey_index
-from starshift.report.stack import stack_figure
+from starshift.report.stack import STACK_WIDTH, stack_figure
 from starshift.shift import apply_shift, fill_value
 
 SHAPE = (200, 300)  # ny, nx
@@ -467,6 +467,36 @@ def test_stack_png_shows_fwhm_and_is_deterministic():
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert any("single frames: 3.80 px" in t and "mean stack: 4.00 px  (x 1.053)" in t
                and "this stack: 3.90 px" in t for t in texts)
+
+
+def test_stack_figure_fixed_layout_holds_every_label():
+    """The stack panels sit at fixed positions (no layout engine): each panel's tick labels,
+    axis labels, title and colour bar with its ticks and label stay inside the figure and off
+    every other panel and the figure's title, for four-digit pixel coordinates, five-digit
+    data values and an odd number of panels; each image is drawn at its own size."""
+    rng = np.random.default_rng(2)
+    wide = rng.normal(0.0, 30.0, (2088, 3124)).astype(np.float32)  # an APS-C frame binned 2x2
+    wide[400:410, 700:710] = 95000.0  # a saturated star: a five-digit colour-bar tick
+    stacks = {f"filter {f}": wide for f in "BVR"}
+    fig = stack_figure(stacks, "night: stacks of the kept aligned frames",
+                       fwhm={k: (3.9, 3.8, 4.0) for k in stacks},
+                       notes={k: "20 kept frame(s), 3-sigma-clipped mean, scaled to 120 s"
+                              for k in stacks})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    whole = fig.bbox
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>" and ax.images]
+    assert len(panels) == 3
+    boxes = [ax.get_tightbbox(renderer) for ax in panels]
+    title = fig._suptitle.get_window_extent(renderer)
+    for box in boxes + [title]:
+        assert (box.x0 >= whole.x0 and box.y0 >= whole.y0 and box.x1 <= whole.x1
+                and box.y1 <= whole.y1)
+    for i, box in enumerate(boxes):
+        assert not box.overlaps(title)
+        assert not any(box.overlaps(b) for b in boxes[i + 1:])
+    for ax in panels:  # the image's axes are its size: no resampling, aspect kept
+        assert ax.get_window_extent(renderer).width == pytest.approx(STACK_WIDTH, abs=1)
 
 
 # --------------------------------------------------------------------------- plots

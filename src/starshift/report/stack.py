@@ -36,6 +36,16 @@ STACK_COLORS = 64
 STACK_WIDTH = 340
 #: ... and when it is the only panel.
 STACK_WIDTH_ONE = 560
+#: Where each stack's colour bar sits beside its image: start and width, in image widths.
+_COLORBAR = (1.02, 0.035)
+#: Margins around each stack's image in the PNG, inches: left (y ticks and label), right
+#: (beyond the colour bar: its ticks and label), top (the panel's title), bottom (x ticks and
+#: label); and the band for the figure's title.
+_STACK_MARGIN = (0.75, 0.8, 0.4, 0.5)
+_STACK_SUPTITLE = 0.3
+#: A panel's title (label: note) longer than this goes on two lines (it would be wider than
+#: the panel at its font size).
+_TITLE_CHARS = 60
 #: How each method is named on the plot.
 METHOD_NAMES = {"mean": "mean", "median": "median",
                 "sigma_clip": f"{CLIP_SIGMA:g}-sigma-clipped mean"}
@@ -178,8 +188,11 @@ def _stack_axes(fig, ax, data: np.ndarray, label: str, fwhm: Sequence[float | No
                    extent=(-0.5, nx - 0.5, -0.5, ny - 0.5))
     ax.set_xlabel("x (px)")
     ax.set_ylabel("y (px)")
-    ax.set_title(": ".join(t for t in (label, note) if t), fontsize=8)
-    cb = fig.colorbar(im, cax=ax.inset_axes((1.02, 0.0, 0.035, 1.0)))  # the image's height
+    title = ": ".join(t for t in (label, note) if t)
+    if len(title) > _TITLE_CHARS:  # wider than the panel: the note on a line of its own
+        title = "\n".join(t for t in (label, note) if t)
+    ax.set_title(title, fontsize=8)
+    cb = fig.colorbar(im, cax=ax.inset_axes((_COLORBAR[0], 0.0, _COLORBAR[1], 1.0)))
     ticks = sorted({0.0, *(nice(float(s.inverse(t))) for t in (0.3, 0.55, 0.8, 1.0))})
     cb.set_ticks([t for t in ticks if s.lo <= t <= s.hi])
     cb.set_label("data units above sky (asinh)")
@@ -203,16 +216,24 @@ def stack_figure(stacks: Mapping[str, np.ndarray], title: str, *,
     ncol = 1 if len(labels) == 1 else 2
     width = width or (STACK_WIDTH_ONE if ncol == 1 else STACK_WIDTH)
     nrow = math.ceil(len(labels) / ncol)
-    panel_w = width / 100 + 1.3  # inches: image, axis labels and colour bar
-    fig = _figure(ncol * panel_w, 0.35 + nrow * (0.75 + width / 100 * ny / nx))
-    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False).ravel())
-    for ax, label in zip(axes, labels, strict=False):
+    # fixed positions, in inches (matplotlib's constrained layout measured every tick label
+    # of the panels and colour bars first: 0.5 s of a four-filter night's report): each
+    # image's axes are exactly its size, so its aspect needs no shrinking
+    img_w, img_h = width / 100, width / 100 * ny / nx
+    left, right, top, bottom = _STACK_MARGIN
+    right += (sum(_COLORBAR) - 1.0) * img_w
+    cell_w, cell_h = left + img_w + right, top + img_h + bottom
+    fig_w, fig_h = ncol * cell_w, _STACK_SUPTITLE + nrow * cell_h
+    fig = _figure(fig_w, fig_h, layout=None)
+    for i, label in enumerate(labels):
+        row, col = divmod(i, ncol)
+        x0 = col * cell_w + left
+        y0 = fig_h - _STACK_SUPTITLE - (row + 1) * cell_h + bottom
+        ax = fig.add_axes((x0 / fig_w, y0 / fig_h, img_w / fig_w, img_h / fig_h))
         _stack_axes(fig, ax, np.asarray(stacks[label], dtype=float), label,
                     (fwhm or {}).get(label, (None, None)), (notes or {}).get(label, ""),
                     width, noise_levels)
-    for ax in axes[len(labels):]:
-        ax.set_visible(False)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=9, y=1 - 0.08 / fig_h, va="top")
     return fig
 
 
