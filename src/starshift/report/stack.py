@@ -207,7 +207,7 @@ def stack_figure(stacks: Mapping[str, np.ndarray], title: str, *,
                  noise_levels: float = STACK_NOISE_LEVELS):
     """The matplotlib Figure of :func:`stack_png`, before rendering: one panel per stack,
     two columns."""
-    from .plots import _figure
+    from .plots import DPI, _figure
 
     labels = list(stacks)
     if not labels:
@@ -217,9 +217,10 @@ def stack_figure(stacks: Mapping[str, np.ndarray], title: str, *,
     width = width or (STACK_WIDTH_ONE if ncol == 1 else STACK_WIDTH)
     nrow = math.ceil(len(labels) / ncol)
     # fixed positions, in inches (matplotlib's constrained layout measured every tick label
-    # of the panels and colour bars first: 0.5 s of a four-filter night's report): each
-    # image's axes are exactly its size, so its aspect needs no shrinking
-    img_w, img_h = width / 100, width / 100 * ny / nx
+    # of the panels and colour bars first: 0.25 s of march_09's four-panel PNG): each
+    # image's axes are exactly its size in pixels, so its aspect needs no shrinking
+    img_w = width / DPI
+    img_h = img_w * ny / nx
     left, right, top, bottom = _STACK_MARGIN
     right += (sum(_COLORBAR) - 1.0) * img_w
     cell_w, cell_h = left + img_w + right, top + img_h + bottom
