@@ -902,6 +902,8 @@ def main(argv=None) -> int:
 
     info = environment(starshift_cmd)
     print(env_text(info), flush=True)
+    if args.scratch:
+        Path(args.scratch).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bench_commands_", dir=args.scratch))
     results, nights = [], []
     try:
