@@ -327,6 +327,66 @@ def test_coarse_image_drops_hot_pixels_without_a_2x2_core(field):
             assert np.count_nonzero(dirty) > 3 * np.count_nonzero(clean)
 
 
+def trail(shape, x0, y0, angle, amp, width=1.3):
+    """A satellite or aircraft trail: a straight line through (x0, y0) at ``angle`` (rad) with
+    a Gaussian profile of ``width`` px (sigma) and peak ``amp`` ADU, across the whole frame."""
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    d = -(xx - x0) * np.sin(angle) + (yy - y0) * np.cos(angle)
+    return amp * np.exp(-0.5 * (d / width) ** 2)
+
+
+def test_satellite_and_aircraft_trails_do_not_break_the_match(monkeypatch):
+    # a trail is in one frame only: across a faint frame (a third of the reference's light) it
+    # outweighs the stars in the coarse images. Two crossing trails, a broad bright one and a
+    # faint one, with another trail in the reference: all measured as without trails
+    from starshift.registration import _coarse
+
+    shape = (400, 600)
+    sky = sky_field(120, seed=21, shape=shape, flux=(2e3, 1e5))
+    prep = prepare_reference(render(sky, shape=shape, seed=2100)
+                             + trail(shape, 300, 150, 0.3, 3000))
+    faint = sky_field(120, seed=21, shape=shape, flux=(2e3 / 3, 1e5 / 3))
+    cases = [((4.3, -7.8), [(300, 200, 0.5, 3000), (250, 220, -0.9, 2000)]),
+             ((-21.6, 12.2), [(100, 300, 1.2, 6000, 3.0)]),
+             ((2.2, 9.3), [(300, 100, 0.1, 1500)])]
+    frames = []
+    for i, ((dx, dy), trails) in enumerate(cases):
+        frame = render(faint, dx, dy, shape=shape, seed=2101 + i)
+        for t in trails:
+            frame += trail(shape, *t)
+        frames.append(frame)
+        est = estimate_shift(prep, frame)
+        assert est.ok and est.method == "stars", est
+        assert err(est, dx, dy) < 0.05
+    # the trails are what made these frames hard: left in, none of them matches
+    monkeypatch.setattr(_coarse, "_remove_streaks", lambda out: 0)
+    prep = prepare_reference(render(sky, shape=shape, seed=2100)
+                             + trail(shape, 300, 150, 0.3, 3000))
+    assert not any(estimate_shift(prep, f).ok for f in frames)
+
+
+def test_streak_removal_leaves_stars_and_crowds_alone(field, monkeypatch):
+    # no patch of ordinary coarse images is taken for a streak: a crowded cluster, saturated
+    # stars with cosmic rays and gradients, and large frames with many bright stars
+    from starshift.registration import _coarse
+
+    remove_streaks = _coarse._remove_streaks
+    monkeypatch.setattr(_coarse, "_remove_streaks", lambda out: 0)
+
+    ny, nx = SHAPE
+    yy, xx = np.mgrid[:ny, :nx]
+    frames = [render(sky_field(150, seed=8, cluster=600, flux=(1e3, 1e5)), seed=800),
+              render(field, seed=500, saturation=30000, cosmics=40,
+                     pattern=2.0 * xx + 150 * np.sin(yy / 40.0)),
+              render(sky_field(900, seed=22, shape=(600, 900), flux=(3e3, 3e6)),
+                     shape=(600, 900), seed=2200, fwhm=4.5, saturation=40000)]
+    p = ReferenceParams()
+    for frame in frames:
+        img = _coarse._coarse_image(frame, p, _coarse._coarse_setup(frame.shape, p))[0]
+        assert remove_streaks(img) == 0
+
+
 def test_saturation_is_worked_out_only_as_far_as_needed(field):
     # the stars rejected as saturated are those of the full rule (the frame maximum when at
     # least three pixels sit at it), however little of it was needed

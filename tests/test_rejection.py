@@ -82,3 +82,65 @@ def test_real_nights_good_kept_and_aligned_bad_caught(tmp_path, night):
     assert (bad[C.STATUS] != C.KEPT).all(), bad.loc[bad[C.STATUS] == C.KEPT, C.FILE]
     err = np.hypot(good[C.DX] - good["dx_true"], good[C.DY] - good["dy_true"])
     assert (err <= 0.5).all()
+
+
+def _trail(shape, x0, y0, angle, amp, width=1.3):
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    d = -(xx - x0) * np.sin(angle) + (yy - y0) * np.cos(angle)
+    return amp * np.exp(-0.5 * (d / width) ** 2)
+
+
+WALLACE = REAL / "wallace_2018-10-12"
+
+
+@pytest.mark.skipif(not WALLACE.is_dir(), reason="../shared/data/real not present")
+def test_real_night_with_satellite_trails_keeps_and_aligns_its_good_frames(tmp_path):
+    """Trails (crossing ones in the night's faintest good frame, at 0.3 of the reference's
+    light; one in the reference; a broad bright one) drawn on the real frames: the night is
+    scored as without them."""
+    from astropy.io import fits
+
+    truth = pd.read_csv(WALLACE / "truth.csv")
+    trails = {truth[C.FILE][0]: [(500, 300, 0.3, 3000)],
+              "lux-180.000secs.Light.Open.00000024.fit": [(400, 500, 0.5, 4000),
+                                                          (600, 450, -0.9, 2500)],
+              "lux-180.000secs.Light.Open.00000019.fit": [(200, 700, 1.2, 20000, 4.0)]}
+    night = tmp_path / "in"
+    night.mkdir()
+    for name in truth[C.FILE]:
+        if name not in trails:
+            (night / name).symlink_to(WALLACE / name)
+            continue
+        with fits.open(WALLACE / name) as hdul:
+            data, header = hdul[0].data.astype(np.float32), hdul[0].header.copy()
+        for t in trails[name]:
+            data += _trail(data.shape, *t).astype(np.float32)
+        for key in ("BZERO", "BSCALE"):
+            header.remove(key, ignore_missing=True)
+        fits.writeto(night / name, data, header)
+    (night / "truth.csv").symlink_to(WALLACE / "truth.csv")
+    m = _scored(night, tmp_path / "out")
+    good, bad = m[m["bad"] == 0], m[m["bad"] == 1]
+    assert (good[C.STATUS] == C.KEPT).all(), good.loc[good[C.STATUS] != C.KEPT, C.REASON]
+    assert (bad[C.STATUS] != C.KEPT).all(), bad.loc[bad[C.STATUS] == C.KEPT, C.FILE]
+    err = np.hypot(good[C.DX] - good["dx_true"], good[C.DY] - good["dy_true"])
+    assert (err <= 0.5).all()
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="../shared/data/real not present")
+def test_no_streak_is_found_on_the_real_frames(monkeypatch):
+    # the trails' removal touches no real frame: patches of stars and noise stay
+    from starshift import io
+    from starshift.registration import ReferenceParams, _coarse
+
+    remove_streaks = _coarse._remove_streaks
+    monkeypatch.setattr(_coarse, "_remove_streaks", lambda out: 0)
+    p = ReferenceParams()
+    files = [f for night in REAL.iterdir() if (night / "truth.csv").exists()
+             for f in pd.read_csv(night / "truth.csv")[C.FILE].map(lambda n, d=night: d / n)]
+    assert files
+    for f in files:
+        data = io.read_frame(f)[0]
+        img = _coarse._coarse_image(data, p, _coarse._coarse_setup(data.shape, p))[0]
+        assert remove_streaks(img) == 0, f.name

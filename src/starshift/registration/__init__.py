@@ -41,6 +41,11 @@ cross-correlated with one small real FFT:
 * each pixel becomes ``clip(value / noise - coarse_threshold, 0, coarse_clip)``: only
   significant signal counts, a saturated core weighs no more than any bright star, and weak
   fixed patterns cannot add up over the whole frame to pin the correlation at zero shift;
+* satellite, aircraft and meteor trails (in one frame only, they would outweigh its stars):
+  straight strips of signal at least ``STREAK_LENGTH`` coarse px long and
+  ``STREAK_ELONGATION`` times longer than wide (``_coarse``), found by a Hough transform of
+  each connected patch that large (none on ordinary frames), are zeroed one after the
+  other, so crossing trails go too;
 * a Gaussian high-pass (``highpass_scale``) in Fourier space damps what is left of the
   large-scale structure.
 
