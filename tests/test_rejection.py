@@ -144,3 +144,75 @@ def test_no_streak_is_found_on_the_real_frames(monkeypatch):
         data = io.read_frame(f)[0]
         img = _coarse._coarse_image(data, p, _coarse._coarse_setup(data.shape, p))[0]
         assert remove_streaks(img) == 0, f.name
+
+
+def _first_by_name(src: Path, dst: Path, first: str) -> pd.DataFrame:
+    """``src``'s light frames linked into ``dst`` with ``first`` renamed to sort first; its
+    truth with each shift moved onto whichever frame becomes the reference."""
+    truth = pd.read_csv(src / "truth.csv")
+    dst.mkdir()
+    truth["name"] = [("0_" if f == first else "1_") + f for f in truth[C.FILE]]
+    for f, n in zip(truth[C.FILE], truth["name"], strict=True):
+        (dst / n).symlink_to(src / f)
+    return truth
+
+
+def _check_against(m: pd.DataFrame, truth: pd.DataFrame, tol: float, bad: bool = True
+                   ) -> None:
+    """Every good frame kept, at ``tol`` px of the truth moved onto the chosen reference;
+    every bad frame not kept (unless ``bad`` is False)."""
+    t = truth.set_index("name")
+    ref = m.loc[m[C.REFERENCE] == 1, C.FILE].item()
+    for r in m.itertuples():
+        row = t.loc[r.file]
+        if row["bad"]:
+            assert not bad or r.status != C.KEPT, f"{r.file} ({row['kind']}) kept"
+            continue
+        assert r.status == C.KEPT, f"{r.file}: {r.reason}"
+        assert abs(r.dx - (row["dx"] - t.loc[ref, "dx"])) < tol
+        assert abs(r.dy - (row["dy"] - t.loc[ref, "dy"])) < tol
+
+
+def test_a_first_frame_nothing_matches_gives_way_to_another_reference(tmp_path, caplog):
+    """The first frame by name is of another field: every other frame fails against it, so
+    the night is aligned onto reference=auto's choice instead, and says so; with the frame
+    named as the reference (reference=FILE) it stays the reference."""
+    from starshift.pipeline.stages import measure
+
+    night = Path(generate_night(tmp_path / "gen", "bad_frames", seed=1))
+    truth = pd.read_csv(night / "truth.csv")
+    other = truth.loc[truth["kind"] == "other_field", C.FILE].item()
+    moved = _first_by_name(night, tmp_path / "in", other)
+    with caplog.at_level("WARNING", logger="starshift"):
+        m = align(tmp_path / "in", tmp_path / "out", compose_align([])).merge(
+            moved.rename(columns={C.FILE: "orig"}), left_on=C.FILE, right_on="name",
+            suffixes=("", "_true"))
+    assert "failed against the first frame" in caplog.text and "aligned onto it" in caplog.text
+    ref = m.loc[m[C.REFERENCE] == 1, C.FILE].item()
+    assert ref != "0_" + other
+    assert m.loc[m[C.FILE] == "0_" + other, C.STATUS].item() == C.FAILED
+    # the defects are judged as before, against another reference: the defocused frame (1.3
+    # x the night's FWHM against a limit of 1.25 x) is on the edge, so only good frames count
+    _check_against(m, moved, 0.1, bad=False)
+    kept = {p.name for p in (tmp_path / "out").iterdir() if p.suffix == ".fit"}
+    assert kept == set(m.loc[m[C.STATUS] == C.KEPT, C.FILE])
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    # the DVC centroid stage measures against the same frame
+    table, _ = measure(tmp_path / "in", compose_align([]))
+    rows = table.rows()
+    assert [r[C.FILE] for r in rows if r[C.REFERENCE] == 1] == [ref]
+    # a reference the user names stays the reference
+    named = align(tmp_path / "in", tmp_path / "named",
+                  compose_align([f"reference=0_{other}"]))
+    assert named.loc[named[C.REFERENCE] == 1, C.FILE].item() == "0_" + other
+    assert (named[C.STATUS] == C.FAILED).sum() > len(named) // 2
+
+
+@pytest.mark.skipif(not WALLACE.is_dir(), reason="../shared/data/real not present")
+def test_real_night_whose_first_frame_is_clouded_out(tmp_path):
+    """The real night with its cloudiest frame (5 catalogue stars; it matches nothing) first by
+    name: its 20 good frames are kept and aligned onto another frame, the 5 clouded ones
+    are not kept."""
+    moved = _first_by_name(WALLACE, tmp_path / "in", "lux-180.000secs.Light.Open.00000039.fit")
+    m = align(tmp_path / "in", tmp_path / "out", compose_align([]))
+    _check_against(m, moved, 0.25)

@@ -47,7 +47,8 @@ overrides (Hydra syntax, KEY=VALUE):
   centroid.box_size=25                  search-box side, px
   'pre_shift={FILE:[dx,dy],...}'        whole-pixel shift applied before measuring a file
   'bad_frames=[FILE,...]'               frames rejected by hand
-  reference=FILE|auto                   reference frame (default: first by name)
+  reference=FILE|auto                   reference frame (default: first by name; another
+                                        when most frames fail against it)
   shift.order=0|1|3  shift.fill=median|nan|zero|NUMBER  shift.subtract_background=true
   reject.max_residual=0.5               limit on the re-measured "new shift", px
   glob='*.fit,*.fits,*.fts'             which files are considered

@@ -11,7 +11,12 @@ Hydra sweep; every one of them goes through :func:`starshift.night.align_night`:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
+import shutil
+import tempfile
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,17 +169,70 @@ def _diagnostics(rows: list[dict]) -> Table:
 
 
 # --------------------------------------------------------------------------- whole runs
+def _failed_others(rows: list[dict], ref: str, found: fio.Discovery) -> tuple[int, int]:
+    """(frames that failed against the reference ``ref``, frames it was tried on): the
+    readable frames other than the reference."""
+    others = [r for r in rows if r[C.FILE] != ref and r[C.FILE] not in found.unreadable]
+    return sum(r[C.STATUS] == C.FAILED for r in others), len(others)
+
+
+def fallback_reference(found: fio.Discovery, s: NightSettings, ref: str, rows: list[dict],
+                       progress: bool = False) -> str | None:
+    """Another reference when the default one, the first frame, has nothing the night can
+    match: more than half of the other frames failed against it (a frame through thick
+    cloud, the dome or twilight at the start of the night). It is ``reference=auto``'s choice
+    (the sharpest of the frames with the most stars), or None when that is the same frame, the
+    reference was chosen (``reference=``), or a search box or pre-shifts are placed on it."""
+    if (s.reference is not None or s.box is not None or s.pre_shift or s.method is None
+            or s.method.name != "auto"):
+        return None
+    failed, tried = _failed_others(rows, ref, found)
+    if 2 * failed <= tried:
+        return None
+    try:
+        alt = choose_reference_name(found, dataclasses.replace(s, reference="auto"), progress)
+    except StarshiftError as exc:  # frames of several sizes: the night stays as it is
+        log.warning("%s", exc)
+        return None
+    return None if alt == ref else alt
+
+
+def _better_reference(found: fio.Discovery, ref: str, rows: list[dict], alt: str,
+                      alt_rows: list[dict]) -> bool:
+    """Whether the night against ``alt`` fails fewer frames than against ``ref`` (logged)."""
+    failed, tried = _failed_others(rows, ref, found)
+    alt_failed, _ = _failed_others(alt_rows, alt, found)
+    better = alt_failed < failed
+    log.warning("%s: %d of the other %d frames failed against the first frame, %s; against "
+                "%s (reference=auto's choice) %d%s", found.directory.name, failed, tried, ref,
+                alt, alt_failed, ": aligned onto it" if better else ": the first stays the "
+                "reference")
+    return better
+
+
 def measure(input_dir: str | Path, cfg, progress: bool = False
             ) -> tuple[Table, NightReference]:
-    """The shifts table of a night: one row per light frame, in name order."""
+    """The shifts table of a night: one row per light frame, in name order. When most frames
+    fail against the first frame, the night is measured against another
+    (:func:`fallback_reference`) if fewer fail there."""
     input_dir, s = Path(input_dir), night_settings(cfg, ["measure"])
     found = discover(input_dir, s)
-    ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
-    names = found.names
-    results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
-                          pre_shift=s.pre_shift, fill=s.fill, jobs=s.jobs, executor=s.executor)
-    rows = [r.row for r in progress_bar(results, progress, total=len(names),
-                                        desc=f"measure {input_dir.name}")]
+
+    def run(name: str) -> tuple[list[dict], NightReference]:
+        ref = load_reference(input_dir, name, s)
+        results = align_night(found.names, _reader(input_dir, found.unreadable), ref,
+                              s.method, pre_shift=s.pre_shift, fill=s.fill, jobs=s.jobs,
+                              executor=s.executor)
+        return [r.row for r in progress_bar(results, progress, total=len(found.names),
+                                            desc=f"measure {input_dir.name}")], ref
+
+    name = choose_reference_name(found, s, progress)
+    rows, ref = run(name)
+    alt = fallback_reference(found, s, name, rows, progress)
+    if alt is not None:
+        alt_rows, alt_ref = run(alt)
+        if _better_reference(found, name, rows, alt, alt_rows):
+            rows, ref = alt_rows, alt_ref
     return _shifts_table(rows), ref
 
 
@@ -230,18 +288,43 @@ def _outputs_bytes(found: fio.Discovery) -> int:
 
 def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
                 out: fio.OutputFolder | None, progress: bool) -> list[dict]:
-    """Measure, shift and decide every frame; kept frames go to ``out.staging``."""
-    ref = load_reference(input_dir, choose_reference_name(found, s, progress), s)
+    """Measure, shift and decide every frame; kept frames go to ``out.staging``. When most
+    frames fail against the first frame, the night is aligned again onto another
+    (:func:`fallback_reference`, into a scratch folder in the staging) and that run is kept
+    if fewer frames fail in it."""
     names = found.names
-    # every shifted frame is written where it is made; the night's rules decide below
-    results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
-                          pre_shift=s.pre_shift, fill=s.fill,
-                          shift=s.shift, cards=_provenance(s),
-                          sink=_Sink(out.staging) if out is not None else None,
-                          jobs=s.jobs, executor=s.executor)
-    with closing(results):  # on an interruption the workers stop before the staging goes
-        rows = [r.row for r in progress_bar(results, progress, total=len(names),
-                                            desc=f"align {input_dir.name}")]
+
+    def run(name: str, folder: Path | None) -> list[dict]:
+        ref = load_reference(input_dir, name, s)
+        # every shifted frame is written where it is made; the night's rules decide below
+        results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
+                              pre_shift=s.pre_shift, fill=s.fill,
+                              shift=s.shift, cards=_provenance(s),
+                              sink=_Sink(folder) if folder is not None else None,
+                              jobs=s.jobs, executor=s.executor)
+        with closing(results):  # on an interruption the workers stop before the staging goes
+            return [r.row for r in progress_bar(results, progress, total=len(names),
+                                                desc=f"align {input_dir.name}")]
+
+    name = choose_reference_name(found, s, progress)
+    rows = run(name, out.staging if out is not None else None)
+    alt = fallback_reference(found, s, name, rows, progress)
+    if alt is not None:
+        scratch = None if out is None else Path(tempfile.mkdtemp(prefix=".reference-",
+                                                                 dir=out.staging))
+        try:
+            alt_rows = run(alt, scratch)
+            if _better_reference(found, name, rows, alt, alt_rows):
+                rows = alt_rows
+                for row in rows if scratch is not None else ():
+                    frame = fio.output_name(row[C.FILE])
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(out.staging / frame)
+                    if (scratch / frame).exists():
+                        os.replace(scratch / frame, out.staging / frame)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
     thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     if out is not None:
         for row in rows:
