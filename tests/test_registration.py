@@ -387,6 +387,22 @@ def test_streak_removal_leaves_stars_and_crowds_alone(field, monkeypatch):
         assert remove_streaks(img) == 0
 
 
+def test_frames_scaled_to_0_1_get_the_same_shift_and_uncertainty(field):
+    # calibrated frames written as 32-bit floats scaled to 0-1 (as Siril writes them) are
+    # not in ADU: the gain's Poisson term would be ~1e4 times too large in their units. Their
+    # estimates and uncertainties are those of the same frames in ADU
+    ref = render(field, seed=100)
+    frames = [render(field, 3.3 + i, -2.2 * i, seed=660 + i) for i in range(4)]
+    got = {}
+    for k in (1.0, 1.0 / 65535.0):
+        prep = prepare_reference(ref * k)
+        got[k] = [estimate_shift(prep, f * k) for f in frames]
+    for a, b in zip(got[1.0], got[1.0 / 65535.0], strict=True):
+        assert a.ok and b.ok and a.method == b.method == "stars"
+        assert abs(a.dx - b.dx) < 0.01 and abs(a.dy - b.dy) < 0.01
+        assert 0.8 < b.sigma_dx / a.sigma_dx < 1.25 and 0.8 < b.sigma_dy / a.sigma_dy < 1.25
+
+
 def test_saturation_is_worked_out_only_as_far_as_needed(field):
     # the stars rejected as saturated are those of the full rule (the frame maximum when at
     # least three pixels sit at it), however little of it was needed

@@ -125,6 +125,9 @@ class ReferenceParams(_Validated):
     gain : float
         Detector gain (e-/ADU) of the Poisson part of the per-star noise model; 0 leaves it
         out. With 8 or more stars its scale is fitted, so it only needs to be roughly right.
+        A reference whose pixel noise is below 1/sqrt(12) (the rounding of whole ADU) is not
+        in ADU (scaled to 0-1, or a mean of many frames): its sky's level over its variance
+        is used instead, in the data's units.
     """
 
     max_shift_fraction: float = 0.4

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .._stats import mad_sigma, sampled_median
 from ._centroid import _measure, _wide_centroids
 from ._clean import (
     _as_image,
@@ -93,6 +94,9 @@ class PreparedReference:
         self._template = template
         self.ok = ok
         self.reason = reason
+        #: the parameters of the per-star noise model: ``params``, or without the Poisson part
+        #: for data that cannot be in ADU (:func:`_noise_params`)
+        self._noise = params
 
     @property
     def n_catalogue(self) -> int:
@@ -157,11 +161,42 @@ def prepare_reference(reference: np.ndarray, params: ReferenceParams | None = No
     if not sigma > 0 or not np.any(cimg > 0):
         return unusable("the reference frame is blank (no signal)")
     cref = _coarse_ref(cimg, coarse)
-    cat, fwhm, sat, src = _catalogue(rawf, img, bad, p, fp, coarse.bin)
-    template = _make_template(src, rawf, fwhm, sat, p)
+    noise_p = _noise_params(p, rawf, bad)
+    cat, fwhm, sat, src = _catalogue(rawf, img, bad, noise_p, fp, coarse.bin)
+    template = _make_template(src, rawf, fwhm, sat, noise_p)
     log.debug("reference %s: %d catalogue stars, FWHM %.2f px, bin %d", img.shape,
               cat.x.size, fwhm, coarse.bin)
-    return PreparedReference(img.shape, p, fp, coarse, cref, cat, fwhm, sat, template)
+    prep = PreparedReference(img.shape, p, fp, coarse, cref, cat, fwhm, sat, template)
+    prep._noise = noise_p
+    return prep
+
+
+#: The standard deviation of rounding to whole numbers (1 / sqrt(12)): frames in ADU, whole
+#: numbers as read out, are never less noisy than this.
+ADU_QUANTUM = 1.0 / math.sqrt(12.0)
+
+
+def _noise_params(p: ReferenceParams, img: np.ndarray, bad: np.ndarray | None
+                  ) -> ReferenceParams:
+    """``p``, or ``p`` with the gain the data's own sky gives when the reference's pixel noise
+    is below :data:`ADU_QUANTUM`: such data is not in ADU (a calibrated frame scaled to 0-1,
+    as Siril writes 32-bit frames, or a mean of many), and ``gain`` (e-/ADU) would put a
+    Poisson variance in its units many times too large (0.26 px instead of 0.09 px on the
+    real microobs night scaled to 0-1). The sky's level over its variance is the gain in the
+    data's units had all the sky's noise been Poisson (the read noise and a pedestal make it
+    a little high: the fit of the per-star errors scales the Poisson part within ~3x); with no
+    positive sky (background subtracted) the Poisson part is left out (``gain=0``)."""
+    if not p.gain > 0:
+        return p
+    noise = mad_sigma(img, bad=bad)
+    if not noise < ADU_QUANTUM:
+        return p
+    v = img.ravel() if bad is None else img[~bad]
+    level = sampled_median(v[:: max(v.size // 40000, 1)])
+    gain = float(level / noise**2) if noise > 0 and level > 0 else 0.0
+    log.debug("pixel noise %.3g < %.3f: not ADU; gain %.3g from the sky", noise, ADU_QUANTUM,
+              gain)
+    return dataclasses.replace(p, gain=gain)
 
 
 def _resolve(reference: np.ndarray | PreparedReference, params: FrameParams | None,
@@ -352,7 +387,7 @@ def _refined(prep: PreparedReference, fp: FrameParams, raw: np.ndarray, img: np.
         if bands is not None:
             clean -= bands[0][:, None]
             clean -= bands[1][None, :]
-        res = _refine_correlation(prep._template, p, clean, dx0, dy0, bad)
+        res = _refine_correlation(prep._template, prep._noise, clean, dx0, dy0, bad)
     if res is not None:
         return res
     return _failed("could not refine the correlation peak (too little signal where the "
@@ -364,7 +399,7 @@ def _fine(prep: PreparedReference, fp: FrameParams, raw: np.ndarray, img: np.nda
           unchecked: bool, core: np.ndarray | None, dx0: float, dy0: float
           ) -> ShiftEstimate | None:
     """Star-centroid step; None when fewer than ``min_stars`` consistent stars."""
-    p = prep.params
+    p = prep._noise
     cat = prep._cat
     _, search, half = _geometry(prep.fwhm, fp.search_radius, prep._coarse.bin)
     ny, nx = img.shape
