@@ -261,7 +261,7 @@ def with_bad_frames(night: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[s
     }
     rows = [dict(base, **{C.FILE: name}, **change) for name, change in bad.items()]
     expect = {
-        "clouded.fit": ["transparency 0.15 < 0.5 x night median", "matched fraction 0.40 <"],
+        "clouded.fit": ["transparency 0.15 < 0.25 x night median", "matched fraction 0.40 <"],
         "defocused.fit": ["x night median", "> 1.25 x night median"],
         "trailed.fit": ["elongation 0.60 > 0.5 (trailed or doubled)"],
         "rotated.fit": ["corner misalignment 2.40 px > 0.4 x night FWHM ",
@@ -312,7 +312,8 @@ def test_thresholds_report_median_spread_and_limit():
     assert th.loc["residual", "limit"] == 0.5
     assert th.loc["elongation", "limit"] <= 0.5
     t = th.loc["transparency"]
-    assert t["side"] == "low" and t["limit"] == pytest.approx(0.5 * t["median"])
+    assert t["side"] == "low" and t["limit"] == pytest.approx(
+        QualityLimits().min_transparency_fraction * t["median"])
     assert th.loc["matched fraction", "side"] == "low"
     assert {"sky", "sky noise", "|rotation|", "|scale - 1|", "sigma"} <= set(th.index)
 
@@ -432,13 +433,13 @@ def test_groups_compare_frames_of_the_same_filter_and_exposure():
     b = good_frames(rng, n=8)
     b[C.FILE] = [f"b{i:02d}.fit" for i in range(8)]
     b[C.FILTER], b[C.EXPTIME] = "B", 60.0
-    b[C.TRANSPARENCY] *= 0.35  # fainter stars in B, relative to a V reference
+    b[C.TRANSPARENCY] *= 0.2  # fainter stars in B, relative to a V reference
     b[C.SKY] *= 0.4
     b[C.SKY_NOISE] *= 0.6
-    b.loc[7, C.TRANSPARENCY] = 0.06  # a clouded B frame, at 0.17 of the B median
+    b.loc[7, C.TRANSPARENCY] = 0.03  # a clouded B frame, at 0.16 of the B median
     dec = night_rules(pd.concat([v, b], ignore_index=True))
     assert list(dec.status[dec.status != C.KEPT].index) == [15]
-    assert "transparency 0.06 < 0.5 x night median 0.3" in dec.reason.iloc[15]
+    assert "transparency 0.03 < 0.25 x night median 0.1" in dec.reason.iloc[15]
     groups = dec.thresholds.query("metric == 'transparency'")["group"].tolist()
     assert groups == ["filter B, exptime 60.0", "filter V, exptime 30.0"]
     # one night of one filter with a frame at the B level: it would be rejected

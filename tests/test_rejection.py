@@ -247,3 +247,21 @@ def test_real_night_scaled_to_0_1_is_scored_as_in_adu(tmp_path):
     for col in (C.SIGMA_DX, C.SIGMA_DY):
         ratio = scaled.loc[kept, col] / adu.loc[kept, col]
         assert 0.8 < ratio.median() < 1.25 and ratio.between(0.5, 2.0).all(), ratio.describe()
+
+
+@pytest.mark.skipif(not WALLACE.is_dir(), reason="../shared/data/real not present")
+@pytest.mark.parametrize("frames", [(0, 3, 6, 9, 23, 24), (*range(9), *range(20, 25))])
+def test_real_frames_under_a_passing_cloud_stay_good_in_a_steady_night(tmp_path, frames):
+    """Parts of the real night whose other good frames are steady: its poorest good frames
+    (0.30 and 0.40 of the reference's light, under a passing cloud) are kept, the frames
+    through thick cloud (0.07-0.14) are not."""
+    truth = pd.read_csv(WALLACE / "truth.csv").iloc[list(frames)]
+    night = tmp_path / "in"
+    night.mkdir()
+    for name in truth[C.FILE]:
+        (night / name).symlink_to(WALLACE / name)
+    truth.to_csv(night / "truth.csv", index=False)
+    m = _scored(night, tmp_path / "out")
+    good, bad = m[m["bad"] == 0], m[m["bad"] == 1]
+    assert (good[C.STATUS] == C.KEPT).all(), good.loc[good[C.STATUS] != C.KEPT, C.REASON]
+    assert (bad[C.STATUS] != C.KEPT).all(), bad.loc[bad[C.STATUS] == C.KEPT, C.FILE]

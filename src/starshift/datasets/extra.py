@@ -13,7 +13,7 @@ is exact: the generator renders the stars where the plan says.
 
     * ``trailed``: each star smeared along a line of 8-12 px centred on its position (a
       tracking error);
-    * ``clouds``: every star's flux times a transparency drawn in 0.1-0.3 of the reference's
+    * ``clouds``: every star's flux times a transparency drawn in 0.05-0.2 of the reference's
       (which is 1), the sky 1.1-1.4 times brighter;
     * ``defocus``: FWHM 1.3 times the median of the night's other frames;
     * ``faint_broad``: stars of FWHM 9 px at a third of the light (peak S/N ~5-10);
@@ -171,7 +171,7 @@ def _bad_frames_plan(seed: int, index: int) -> NightPlan:
     sky_factor = rng.uniform(0.95, 1.05, n)
     # the defects, each drawn whether or not it is used, in a fixed order
     trail = trail_images(rng.uniform(8.0, 12.0), rng.uniform(0.0, 2 * math.pi))
-    cloud, cloud_sky = rng.uniform(0.1, 0.3), rng.uniform(1.1, 1.4)
+    cloud, cloud_sky = rng.uniform(0.05, 0.2), rng.uniform(1.1, 1.4)
     other = (rng.uniform(30.0, 70.0), ny + rng.uniform(15.0, 40.0))  # beside, above
     sep, angle, ratio = rng.uniform(4.0, 6.0), rng.uniform(0.0, 2 * math.pi), rng.uniform(0.4, 0.7)
     doubled = ((0.0, 0.0, 1.0 / (1.0 + ratio)),
@@ -327,7 +327,7 @@ _TRUTH_README = {
 `truth.csv`: `file, dx, dy, bad, kind, flip`. `dx, dy` is the true shift onto the first
 frame (the reference): `position_in_reference - position_in_frame`, x first, pixels.
 `bad=1` marks a frame that must not be kept; `kind` says why: `trailed` (8-12 px trails),
-`clouds` (star flux 0.1-0.3 of the reference), `defocus` (FWHM 1.3 x the night's median),
+`clouds` (star flux 0.05-0.2 of the reference), `defocus` (FWHM 1.3 x the night's median),
 `other_field` (no overlap with the reference; dx, dy is the sky offset), `doubled` (second
 image 4-6 px away at 0.4-0.7 of the first's flux; dx, dy place the first), `high_background`
 (sky 5-10 x the night's), `rotation` (0.3 deg about a point near the centre; dx, dy is the
