@@ -81,12 +81,16 @@ class _NoteSkipped:
         return "\n" + self._doc
 
 
-class _SkipDocNotes:
-    """Import hook (on :data:`sys.meta_path`): when :data:`_ARRAY_API` is first imported, its
-    ``FunctionDoc`` becomes :class:`_NoteSkipped`, then the hook removes itself."""
+class _OnImport:
+    """Import hook (on :data:`sys.meta_path`) for the module ``name``: when it is first
+    imported, ``run(exec_module, module, spec)`` executes it in place of its loader's
+    ``exec_module``, then the hook removes itself."""
+
+    def __init__(self, name: str, run) -> None:
+        self.name, self.run = name, run
 
     def find_spec(self, name, path, target=None):
-        if name != _ARRAY_API:
+        if name != self.name:
             return None
         with suppress(ValueError):
             sys.meta_path.remove(self)
@@ -94,14 +98,24 @@ class _SkipDocNotes:
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         exec_module = spec.loader.exec_module
-
-        def exec_and_skip(module) -> None:
-            exec_module(module)
-            if hasattr(module, "FunctionDoc") and hasattr(module, "xp_capabilities"):
-                module.FunctionDoc = _NoteSkipped
-
-        spec.loader.exec_module = exec_and_skip
+        spec.loader.exec_module = lambda module: self.run(exec_module, module, spec)
         return spec
+
+
+def _install(name: str, run) -> bool:
+    """Put an :class:`_OnImport` hook for ``name`` first on :data:`sys.meta_path`, unless the
+    module is imported already (too late) or has a hook; returns whether it was put."""
+    if name in sys.modules or any(isinstance(f, _OnImport) and f.name == name
+                                  for f in sys.meta_path):
+        return False
+    sys.meta_path.insert(0, _OnImport(name, run))
+    return True
+
+
+def _exec_and_skip_notes(exec_module, module, spec) -> None:
+    exec_module(module)
+    if hasattr(module, "FunctionDoc") and hasattr(module, "xp_capabilities"):
+        module.FunctionDoc = _NoteSkipped
 
 
 def skip_scipy_doc_notes() -> bool:
@@ -113,7 +127,58 @@ def skip_scipy_doc_notes() -> bool:
     process is left as it is. Returns whether the hook was installed (False once scipy's
     module is imported: too late).
     """
-    if _ARRAY_API in sys.modules or any(isinstance(f, _SkipDocNotes) for f in sys.meta_path):
-        return False
-    sys.meta_path.insert(0, _SkipDocNotes())
-    return True
+    return _install(_ARRAY_API, _exec_and_skip_notes)
+
+
+#: astropy's module whose import imports ``astropy.units`` for two type annotations only
+_DATA = "astropy.utils.data"
+_UNITS_LINE = "from astropy.units import Quantity, UnitBase\n"
+#: astropy's FITS codecs, which subclass numcodecs' ``Codec`` when numcodecs is installed
+_CODECS = "astropy.io.fits.hdu.compressed._codecs"
+
+
+def _exec_without_units(exec_module, module, spec) -> None:
+    """Execute ``astropy.utils.data`` with its annotations unevaluated (PEP 563) and without
+    the import of ``astropy.units`` they alone use; as it is if its source is not the one
+    expected (the line once, and nowhere else a name from it)."""
+    try:
+        source = spec.loader.get_source(module.__name__)
+    except (ImportError, OSError):
+        source = None
+    if not source or source.count(_UNITS_LINE) != 1:
+        exec_module(module)
+        return
+    import __future__
+
+    code = compile(source.replace(_UNITS_LINE, "\n"), spec.origin, "exec",
+                   flags=__future__.annotations.compiler_flag, dont_inherit=True)
+    exec(code, module.__dict__)  # astropy's own source, one import line less
+
+
+def _exec_without_numcodecs(exec_module, module, spec) -> None:
+    """Execute astropy's FITS codecs with numcodecs hidden, so that they subclass astropy's
+    own ``Codec`` stand-in (as without numcodecs installed); numcodecs stays importable."""
+    if "numcodecs" in sys.modules:
+        exec_module(module)
+        return
+    sys.modules["numcodecs"] = None  # an import of it raises ImportError
+    try:
+        exec_module(module)
+    finally:
+        if sys.modules.get("numcodecs", False) is None:
+            del sys.modules["numcodecs"]
+
+
+def lighten_astropy_import() -> list[str]:
+    """Keep ``import astropy.io.fits`` from importing what starshift's FITS reading and writing
+    never use: ``astropy.units`` (astropy 8's ``astropy.utils.data`` imports it for two type
+    annotations; the FITS scripts' import was kept free of it upstream, astropy PR 8166) and
+    numcodecs (installed with ccdproc through reproject and zarr; astropy's FITS codecs only
+    subclass its ``Codec`` so that other packages can use them). ``astropy.units`` is imported
+    as usual by whatever uses it (photutils, ccdproc, astropy.wcs), numcodecs by whatever
+    imports it. The console script calls this (:func:`starshift.cli.run`); a library user's
+    process is left as it is. Returns the modules hooked. Measured: ``starshift align`` on
+    march_29_2018 in 1.18 s against 1.39 s (median of 11 alternating runs, same outputs).
+    """
+    return [name for name, run in ((_DATA, _exec_without_units),
+                                   (_CODECS, _exec_without_numcodecs)) if _install(name, run)]
