@@ -232,6 +232,11 @@ path, sys.argv = sys.argv[1], ["starshift", *sys.argv[2:]]
 import gc
 gc.disable()  # as the console script does from its first line (run)
 import starshift.cli as cli
+# the console script's import hooks, which run() installs, before anything here imports what
+# they change (run() finds them installed)
+from starshift._lazy import lighten_astropy_import, skip_scipy_doc_notes
+skip_scipy_doc_notes()
+lighten_astropy_import()
 from starshift.pipeline import stages
 
 def stamped(mod, name, before=None, after=None):
