@@ -979,3 +979,39 @@ def test_one_percent_bad_pixels_keep_the_reference_stars(tmp_path, capsys, blank
     diag = diagnostics(tmp_path / "out")
     assert diag.loc["c.fit", C.STATUS] == C.REJECTED  # still trailed
     assert len(ref.stars) >= 0.8 * len(clean.stars)
+
+
+def test_reference_auto_reads_one_frame_at_a_time_and_skips_unreadable_ones(small_night,
+                                                                             tmp_path,
+                                                                             monkeypatch):
+    """reference=auto chooses among the readable frames without holding the night in memory:
+    at most two of the frames it read are alive at once (the one being judged and the one
+    being read), however many the night has; an unreadable frame is not a candidate."""
+    import gc
+    import weakref
+
+    from starshift.config import compose_align
+    from starshift.pipeline import stages
+    from starshift.settings import night_settings
+
+    for i in range(6):  # a longer night: the four frames again under new names
+        shutil.copy(small_night / sorted(NIGHT_SHIFTS)[i % 4], small_night / f"g{i:02d}.fit")
+    (small_night / "g05.fit").write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    alive, peak = set(), [0]
+    real = fio.read_frame
+
+    def tracked(path):
+        data, header = real(path)
+        key = id(data)
+        alive.add(key)
+        weakref.finalize(data, alive.discard, key)
+        gc.collect()
+        peak[0] = max(peak[0], len(alive))
+        return data, header
+
+    monkeypatch.setattr(fio, "read_frame", tracked)
+    s = night_settings(compose_align(["reference=auto"]))
+    found = stages.discover(small_night, s)
+    name = stages.choose_reference_name(found, s)
+    assert name in found.lights and name != "g05.fit"
+    assert 1 <= peak[0] <= 2, peak[0]

@@ -97,30 +97,49 @@ def _check_outputs_not_inputs(found: fio.Discovery, output_dir: Path) -> None:
                                  f"{found.directory} or narrow the glob")
 
 
+class _FramesRead:
+    """The light frames ``names`` for ``reference=auto``, each read when the choice comes to
+    it, so that one frame at a time is in memory however long the night; ``self.names`` lists
+    those read, in order (one that cannot be read is not a candidate: its own row says so)."""
+
+    def __init__(self, directory: Path, names: list[str], progress: bool):
+        self.directory, self._all, self.progress = directory, names, progress
+        self.names: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def __iter__(self):
+        self.names = []
+        for n in progress_bar(self._all, self.progress, desc="reference"):
+            try:
+                data = fio.read_frame(self.directory / n)[0]
+            except StarshiftError as exc:
+                log.warning("%s", exc)
+                continue
+            self.names.append(n)
+            yield data
+            del data
+
+
 def choose_reference_name(found: fio.Discovery, s: NightSettings, progress: bool = False
                           ) -> str:
     """The reference frame: the first (default), a named file, or ``'auto'``.
 
     An unreadable reference is an error naming it (never silently another frame).
-    ``'auto'`` chooses among the readable frames, reading each once more (the choice is logged
-    and recorded in the headers and the diagnostics' reference column).
+    ``'auto'`` chooses among the readable frames, reading each once more, one at a time (the
+    choice is logged and recorded in the headers and the diagnostics' reference column).
     """
     if s.reference == "auto":
         from ..registration import choose_reference
 
-        lights, datas = [], []
-        for n in progress_bar(found.lights, progress, desc="reference"):
-            try:
-                datas.append(fio.read_frame(found.directory / n)[0])
-            except StarshiftError as exc:  # its own row says so; not a candidate
-                log.warning("%s", exc)
-                continue
-            lights.append(n)
-        shapes = {d.shape for d in datas}
-        if len(shapes) != 1:
+        frames = _FramesRead(found.directory, found.lights, progress)
+        try:
+            index = choose_reference(frames, **s.catalogue)
+        except ValueError as exc:  # frames of several sizes, or none readable
             raise StarshiftError(f"{found.directory}: reference=auto needs readable frames of "
-                                 "one size; name the reference with reference=FILE")
-        name = lights[int(choose_reference(datas, **s.catalogue))]
+                                 "one size; name the reference with reference=FILE") from exc
+        name = frames.names[int(index)]
         log.info("reference=auto chose %s", name)
         return name
     name = found.names[0] if s.reference is None else s.reference

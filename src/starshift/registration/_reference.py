@@ -468,7 +468,8 @@ def choose_reference(frames: Sequence[np.ndarray], params: ReferenceParams | Non
     Parameters
     ----------
     frames : sequence of 2-D arrays
-        The night's frames (same shape).
+        The night's frames (same shape), iterated once in order: any object with ``len()``
+        whose iteration reads each frame when it is reached keeps one in memory at a time.
     params : ReferenceParams, optional
         Source detection and saturation parameters (defaults when None).
     frame_params : FrameParams, optional
