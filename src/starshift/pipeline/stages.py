@@ -229,6 +229,21 @@ def _better_reference(found: fio.Discovery, ref: str, rows: list[dict], alt: str
     return better
 
 
+def _best_reference_run(found: fio.Discovery, s: NightSettings, progress: bool, run):
+    """``run(name, first)``, the night against the reference ``name`` (``first``: the one
+    chosen as configured), returns (rows, anything); when most frames fail against it
+    (:func:`fallback_reference`) the night is run against the other too, and the run that
+    fails fewer frames is returned."""
+    name = choose_reference_name(found, s, progress)
+    rows, extra = run(name, True)
+    alt = fallback_reference(found, s, name, rows, progress)
+    if alt is not None:
+        alt_rows, alt_extra = run(alt, False)
+        if _better_reference(found, name, rows, alt, alt_rows):
+            return alt_rows, alt_extra
+    return rows, extra
+
+
 def measure(input_dir: str | Path, cfg, progress: bool = False
             ) -> tuple[Table, NightReference]:
     """The shifts table of a night: one row per light frame, in name order. When most frames
@@ -237,7 +252,7 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
     input_dir, s = Path(input_dir), night_settings(cfg, ["measure"])
     found = discover(input_dir, s)
 
-    def run(name: str) -> tuple[list[dict], NightReference]:
+    def run(name: str, first: bool) -> tuple[list[dict], NightReference]:
         ref = load_reference(input_dir, name, s)
         results = align_night(found.names, _reader(input_dir, found.unreadable), ref,
                               s.method, pre_shift=s.pre_shift, fill=s.fill, jobs=s.jobs,
@@ -245,13 +260,7 @@ def measure(input_dir: str | Path, cfg, progress: bool = False
         return [r.row for r in progress_bar(results, progress, total=len(found.names),
                                             desc=f"measure {input_dir.name}")], ref
 
-    name = choose_reference_name(found, s, progress)
-    rows, ref = run(name)
-    alt = fallback_reference(found, s, name, rows, progress)
-    if alt is not None:
-        alt_rows, alt_ref = run(alt)
-        if _better_reference(found, name, rows, alt, alt_rows):
-            rows, ref = alt_rows, alt_ref
+    rows, ref = _best_reference_run(found, s, progress, run)
     return _shifts_table(rows), ref
 
 
@@ -312,8 +321,14 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
     (:func:`fallback_reference`, into a scratch folder in the staging) and that run is kept
     if fewer frames fail in it."""
     names = found.names
+    scratch: list[Path] = []  # the other reference's run's folder, inside the staging
 
-    def run(name: str, folder: Path | None) -> list[dict]:
+    def run(name: str, first: bool) -> tuple[list[dict], Path | None]:
+        folder = None
+        if out is not None:
+            folder = out.staging if first else Path(tempfile.mkdtemp(prefix=".reference-",
+                                                                     dir=out.staging))
+            scratch.extend([] if first else [folder])
         ref = load_reference(input_dir, name, s)
         # every shifted frame is written where it is made; the night's rules decide below
         results = align_night(names, _reader(input_dir, found.unreadable), ref, s.method,
@@ -323,27 +338,20 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
                               jobs=s.jobs, executor=s.executor)
         with closing(results):  # on an interruption the workers stop before the staging goes
             return [r.row for r in progress_bar(results, progress, total=len(names),
-                                                desc=f"align {input_dir.name}")]
+                                                desc=f"align {input_dir.name}")], folder
 
-    name = choose_reference_name(found, s, progress)
-    rows = run(name, out.staging if out is not None else None)
-    alt = fallback_reference(found, s, name, rows, progress)
-    if alt is not None:
-        scratch = None if out is None else Path(tempfile.mkdtemp(prefix=".reference-",
-                                                                 dir=out.staging))
-        try:
-            alt_rows = run(alt, scratch)
-            if _better_reference(found, name, rows, alt, alt_rows):
-                rows = alt_rows
-                for row in rows if scratch is not None else ():
-                    frame = fio.output_name(row[C.FILE])
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(out.staging / frame)
-                    if (scratch / frame).exists():
-                        os.replace(scratch / frame, out.staging / frame)
-        finally:
-            if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        rows, folder = _best_reference_run(found, s, progress, run)
+        if folder is not None and folder != out.staging:  # the other reference's frames
+            for row in rows:
+                frame = fio.output_name(row[C.FILE])
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(out.staging / frame)
+                if (folder / frame).exists():
+                    os.replace(folder / frame, out.staging / frame)
+    finally:
+        for folder in scratch:
+            shutil.rmtree(folder, ignore_errors=True)
     thresholds = decide_night(rows, s.limits, s.bad_frames, s.keep_frames)
     if out is not None:
         for row in rows:
