@@ -10,6 +10,15 @@ from starshift._stats import FWHM_PER_SIGMA
 from starshift.datasets import render_stars
 
 
+def trail(shape, x0, y0, angle, amp, width=1.3):
+    """A satellite or aircraft trail: a straight line through (x0, y0) at ``angle`` (rad) with
+    a Gaussian profile of ``width`` px (sigma) and peak ``amp`` ADU, across the whole frame."""
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    d = -(xx - x0) * np.sin(angle) + (yy - y0) * np.cos(angle)
+    return amp * np.exp(-0.5 * (d / width) ** 2)
+
+
 def gaussian_frame(shape=(120, 160), stars=((80.0, 60.0, 20000.0),), fwhm=4.0, sky=100.0,
                    noise=3.0, seed=0):
     """A frame with Gaussian stars (x, y, total flux) on a flat sky plus Gaussian noise.

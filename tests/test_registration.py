@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import trail
 from scipy.special import erf
 
 from starshift.registration import (
@@ -325,15 +326,6 @@ def test_coarse_image_drops_hot_pixels_without_a_2x2_core(field):
             assert np.abs(_coarse_image(block, p, c)[0] - clean).max() >= p.coarse_clip - 1
         else:
             assert np.count_nonzero(dirty) > 3 * np.count_nonzero(clean)
-
-
-def trail(shape, x0, y0, angle, amp, width=1.3):
-    """A satellite or aircraft trail: a straight line through (x0, y0) at ``angle`` (rad) with
-    a Gaussian profile of ``width`` px (sigma) and peak ``amp`` ADU, across the whole frame."""
-    ny, nx = shape
-    yy, xx = np.mgrid[:ny, :nx]
-    d = -(xx - x0) * np.sin(angle) + (yy - y0) * np.cos(angle)
-    return amp * np.exp(-0.5 * (d / width) ** 2)
 
 
 def test_satellite_and_aircraft_trails_do_not_break_the_match(monkeypatch):

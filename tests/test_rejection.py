@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import trail
 
 from starshift import columns as C
 from starshift.config import compose_align
@@ -84,11 +85,24 @@ def test_real_nights_good_kept_and_aligned_bad_caught(tmp_path, night):
     assert (err <= 0.5).all()
 
 
-def _trail(shape, x0, y0, angle, amp, width=1.3):
-    ny, nx = shape
-    yy, xx = np.mgrid[:ny, :nx]
-    d = -(xx - x0) * np.sin(angle) + (yy - y0) * np.cos(angle)
-    return amp * np.exp(-0.5 * (d / width) ** 2)
+def _rewritten(src: Path, dst: Path, change: dict) -> Path:
+    """``src``'s light frames in ``dst``: those in ``change`` (name -> function of the float32
+    data) written as float32 FITS with their header (less BZERO/BSCALE), the others linked;
+    the truth linked."""
+    from astropy.io import fits
+
+    dst.mkdir()
+    for name in pd.read_csv(src / "truth.csv")[C.FILE]:
+        if name not in change:
+            (dst / name).symlink_to(src / name)
+            continue
+        with fits.open(src / name) as hdul:
+            data, header = hdul[0].data.astype(np.float32), hdul[0].header.copy()
+        for key in ("BZERO", "BSCALE"):
+            header.remove(key, ignore_missing=True)
+        fits.writeto(dst / name, change[name](data).astype(np.float32), header)
+    (dst / "truth.csv").symlink_to(src / "truth.csv")
+    return dst
 
 
 WALLACE = REAL / "wallace_2018-10-12"
@@ -99,27 +113,16 @@ def test_real_night_with_satellite_trails_keeps_and_aligns_its_good_frames(tmp_p
     """Trails (crossing ones in the night's faintest good frame, at 0.3 of the reference's
     light; one in the reference; a broad bright one) drawn on the real frames: the night is
     scored as without them."""
-    from astropy.io import fits
-
     truth = pd.read_csv(WALLACE / "truth.csv")
     trails = {truth[C.FILE][0]: [(500, 300, 0.3, 3000)],
               "lux-180.000secs.Light.Open.00000024.fit": [(400, 500, 0.5, 4000),
                                                           (600, 450, -0.9, 2500)],
               "lux-180.000secs.Light.Open.00000019.fit": [(200, 700, 1.2, 20000, 4.0)]}
-    night = tmp_path / "in"
-    night.mkdir()
-    for name in truth[C.FILE]:
-        if name not in trails:
-            (night / name).symlink_to(WALLACE / name)
-            continue
-        with fits.open(WALLACE / name) as hdul:
-            data, header = hdul[0].data.astype(np.float32), hdul[0].header.copy()
-        for t in trails[name]:
-            data += _trail(data.shape, *t).astype(np.float32)
-        for key in ("BZERO", "BSCALE"):
-            header.remove(key, ignore_missing=True)
-        fits.writeto(night / name, data, header)
-    (night / "truth.csv").symlink_to(WALLACE / "truth.csv")
+
+    def drawn(lines):
+        return lambda data: data + sum(trail(data.shape, *t) for t in lines)
+
+    night = _rewritten(WALLACE, tmp_path / "in", {n: drawn(t) for n, t in trails.items()})
     m = _scored(night, tmp_path / "out")
     good, bad = m[m["bad"] == 0], m[m["bad"] == 1]
     assert (good[C.STATUS] == C.KEPT).all(), good.loc[good[C.STATUS] != C.KEPT, C.REASON]
@@ -222,18 +225,8 @@ def test_real_night_whose_first_frame_is_clouded_out(tmp_path):
 def test_real_night_scaled_to_0_1_is_scored_as_in_adu(tmp_path):
     """The real night written as 32-bit floats scaled to 0-1 (as Siril writes calibrated
     frames): the same frames kept and caught, the shifts and their uncertainties as in ADU."""
-    from astropy.io import fits
-
-    night = tmp_path / "in"
-    night.mkdir()
-    truth = pd.read_csv(WALLACE / "truth.csv")
-    for name in truth[C.FILE]:
-        with fits.open(WALLACE / name) as hdul:
-            data, header = hdul[0].data.astype(np.float32) / 65535.0, hdul[0].header.copy()
-        for key in ("BZERO", "BSCALE"):
-            header.remove(key, ignore_missing=True)
-        fits.writeto(night / name, data, header)
-    (night / "truth.csv").symlink_to(WALLACE / "truth.csv")
+    names = pd.read_csv(WALLACE / "truth.csv")[C.FILE]
+    night = _rewritten(WALLACE, tmp_path / "in", dict.fromkeys(names, lambda d: d / 65535.0))
     scaled = _scored(night, tmp_path / "out").set_index(C.FILE)
     adu = _scored(WALLACE, tmp_path / "adu").set_index(C.FILE)
     assert (scaled[C.STATUS] == adu[C.STATUS]).all()
