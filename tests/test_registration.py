@@ -441,6 +441,23 @@ def test_frame_is_used_as_given_and_never_modified(field, prepared):
         assert again.ok and err(again, est.dx, est.dy) < 1e-6
 
 
+def test_float32_reference_is_used_as_given_and_never_modified(field, reference):
+    # a finite float32 reference is read in place (no copy of it is kept for the stars'
+    # peaks): it is left unchanged, and prepares exactly as the same pixels in float64 do
+    ref32 = reference.astype(np.float32)
+    before = ref32.copy()
+    p32 = prepare_reference(ref32)
+    assert np.array_equal(ref32, before)
+    p64 = prepare_reference(ref32.astype(np.float64))
+    assert p32.n_catalogue >= 10
+    np.testing.assert_array_equal(p32.star_positions, p64.star_positions)
+    assert p32.fwhm == p64.fwhm
+    frame = render(field, 3.3, -2.6, seed=651)
+    e32, e64 = estimate_shift(p32, frame), estimate_shift(p64, frame)
+    assert e32.ok and err(e32, 3.3, -2.6) < 0.1
+    assert (e32.dx, e32.dy, e32.sigma_dx, e32.sigma_dy) == (e64.dx, e64.dy, e64.sigma_dx,
+                                                            e64.sigma_dy)
+    assert np.array_equal(ref32, before)
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_pixel_is_masked(field, prepared, value):
     # wherever it is, a non-finite pixel acts as a masked one: no effect far from the stars;

@@ -194,7 +194,11 @@ def _find_sources(raw: np.ndarray, clean: np.ndarray, p: ReferenceParams, low: f
     if scale > 0 and box:  # blocks of >= 4 FWHM: broad stars do not lift their medians
         box = max(box, 8 * math.ceil(scale / 2.0))
     grid = _mesh_grid(clean, box) if box >= 8 else None
-    img = clean - _mesh_expand(grid, box, clean.shape) if grid is not None else clean.copy()
+    if grid is not None:  # clean less its background, in the background's array
+        img = _mesh_expand(grid, box, clean.shape)
+        np.subtract(clean, img, out=img)
+    else:
+        img = clean.copy()
     img -= sampled_median(img)
     noise = mad_sigma(img, bad=bad)
     if scale > 0:
