@@ -646,12 +646,39 @@ def timeline(night_dir: Path, scratch: Path, repeat: int = 3) -> dict:
 
 
 # --------------------------------------------------------------------------- report
+#: A fresh process that fills new numpy arrays: what new memory costs on this machine at this
+#: moment. On the 2-core virtual machine the README's figures come from, it moved between 8
+#: and 110 ms per 100 MiB within one hour (the host taking back the guest's free memory, as
+#: far as we can tell), and the 26 MP night's times, some 300 MB of new arrays per process,
+#: move with it: read them beside this figure.
+FRESH_MEMORY_SCRIPT = """\
+import time
+import numpy as np
+t = time.perf_counter()
+keep = [np.ones(25 << 20, dtype=np.float32) for _ in range(5)]  # 5 x 100 MiB
+print(time.perf_counter() - t)
+"""
+
+
+def fresh_memory_ms() -> float | None:
+    """Milliseconds per 100 MiB a fresh process spends filling new arrays (median of 3)."""
+    got = []
+    for _ in range(3):
+        r = subprocess.run([sys.executable, "-c", FRESH_MEMORY_SCRIPT], capture_output=True,
+                           text=True)
+        if r.returncode:
+            return None
+        got.append(float(r.stdout) * 1000 / 5)
+    return round(float(np.median(got)), 1)
+
+
 def environment(starshift_cmd) -> dict:
     env = {v: os.environ.get(v, "unset") for v in THREAD_VARS}
     info = {"date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
             "platform": platform.platform(), "cpus": os.cpu_count(),
             "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None, "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "fresh_memory_ms_per_100MiB_start": fresh_memory_ms(),
             "thread_env": env, "starshift_cmd": " ".join(starshift_cmd),
             "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE", "unset")}
     for mod in ("numpy", "scipy", "astropy", "photutils", "skimage", "astroalign", "starshift"):
@@ -976,6 +1003,7 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    info["fresh_memory_ms_per_100MiB_end"] = fresh_memory_ms()
     info["repeat"] = args.repeat
     info["command"] = " ".join([Path(sys.executable).name, *sys.argv])
 
