@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import columns as C
-from .gif import DIM, FG, Canvas, evenly_spaced, grey_index, palette, save_gif
+from .gif import DIM, FG, Canvas, _rgb, evenly_spaced, grey_index, palette, save_gif
 from .stretch import asinh_stretch, block_mean
 
 #: Width of the displayed frame, px (never enlarged).
@@ -118,27 +118,34 @@ def blink_gif(frames: Sequence[np.ndarray | None], names: Sequence[str],
     pad, top, bottom = 10, 52, 22
     cw, ch = w + 2 * pad, top + h + bottom
     chars = max(20, int(w / 6.2))
+    # one canvas for every frame: its three header lines and its frame change, the rest stays
+    cv = Canvas(cw, ch, colors)
+    name_t = cv.text(pad, 6, "", size=10, weight="bold")
+    count_t = cv.text(cw - pad, 7, "", size=9, ha="right", color=DIM)
+    label_t = cv.text(pad, 26, "", size=9)
+    slot = cv.paste(pad, top, np.zeros((h, w), dtype=np.uint8))
+    cv.text(pad, top + h + 5,
+            f"aligned frames, block mean to {w} x {h} px; one asinh stretch from the "
+            "reference; failed frames left out", size=7.5, color=DIM)
+    cv.changing(name_t, count_t, label_t)
+    head = f"{title}: " if title else ""
     images = []
     for k, i in enumerate(shown):
         data = block_mean(frames[i], width)
         if data.shape != (h, w):
             raise ValueError(f"blink_gif: {names[i]} has another shape than the reference")
         status = str(statuses[i])
-        cv = Canvas(cw, ch, colors)
-        head = f"{title}: " if title else ""
-        cv.text(pad, 6, _fit(f"{head}{names[i]}", chars - 12), size=10, weight="bold")
-        cv.text(cw - pad, 7, f"{k + 1}/{len(shown)}", size=9, ha="right", color=DIM)
+        name_t.set_text(_fit(f"{head}{names[i]}", chars - 12))
+        count_t.set_text(f"{k + 1}/{len(shown)}")
         is_rej = status == C.REJECTED
         why = str(reasons[i]) if reasons is not None and isinstance(reasons[i], str) else ""
         label = status + (" (reference)" if i == ref_i else "") + (f": {why}" if why else "")
-        cv.text(pad, 26, _fit(label, chars), size=9, color=RED if is_rej else FG,
-                weight="bold" if is_rej else "normal")
+        label_t.set_text(_fit(label, chars))
+        label_t.set_color(_rgb(RED if is_rej else FG))
+        label_t.set_fontweight("bold" if is_rej else "normal")
         tile = grey_index(stretch(data)[::-1], levels, n_grey)  # y up
         if is_rej:  # a red frame around a rejected frame
             tile[:3, :] = tile[-3:, :] = tile[:, :3] = tile[:, -3:] = red
-        cv.paste(pad, top, tile)
-        cv.text(pad, top + h + 5,
-                f"aligned frames, block mean to {w} x {h} px; one asinh stretch from the "
-                "reference; failed frames left out", size=7.5, color=DIM)
+        cv.replace(slot, tile)
         images.append(cv.image())
     return save_gif(images, duration_ms)

@@ -92,12 +92,14 @@ class Canvas:
         FigureCanvasAgg(self.fig)
         self.fig.patch.set_facecolor(_rgb(colors[background]))
         self._tiles: list[tuple[int, int, np.ndarray]] = []
+        self._changing: tuple = ()
+        self._still = None
 
     def text(self, x: float, y: float, s: str, size: float = 9.0, color=FG, **kw):
         """Text with its top-left corner (or the alignment given in ``ha``/``va``) at (x, y)."""
         kw.setdefault("va", "top")
-        self.fig.text(x / self.width, 1.0 - y / self.height, s, fontsize=size,
-                      color=_rgb(color), fontdict=_FONT, **kw)
+        return self.fig.text(x / self.width, 1.0 - y / self.height, s, fontsize=size,
+                             color=_rgb(color), fontdict=_FONT, **kw)
 
     def axes(self, x: int, y: int, w: int, h: int):
         """An empty axes whose frame encloses the ``w`` x ``h`` px box at (x, y)."""
@@ -113,9 +115,21 @@ class Canvas:
         ax.set_yticks([])
         return ax
 
-    def paste(self, x: int, y: int, tile: np.ndarray) -> None:
-        """Palette indices ``tile`` (row 0 at the top) with their top-left corner at (x, y)."""
+    def paste(self, x: int, y: int, tile: np.ndarray) -> int:
+        """Palette indices ``tile`` (row 0 at the top) with their top-left corner at (x, y);
+        returns its number, for :meth:`replace`."""
         self._tiles.append((int(x), int(y), np.asarray(tile, dtype=np.uint8)))
+        return len(self._tiles) - 1
+
+    def replace(self, number: int, tile: np.ndarray) -> None:
+        """Put ``tile`` where pasted tile ``number`` was, in its place: one canvas, its axes
+        and text made once, serves every frame of a GIF (only the text and tiles that change
+        are set again; a figure's axes cost more to make than to draw)."""
+        x, y, old = self._tiles[number]
+        tile = np.asarray(tile, dtype=np.uint8)
+        if tile.shape != old.shape:
+            raise ValueError(f"Canvas.replace: tile {tile.shape} differs from {old.shape}")
+        self._tiles[number] = (x, y, tile)
 
     def colorbar(self, x: int, y: int, w: int, h: int, index: np.ndarray,
                  ticks: Sequence[tuple[float, str]], label: str) -> None:
@@ -131,6 +145,19 @@ class Canvas:
         ax.yaxis.set_label_position("right")
         ax.set_ylabel(label, color=_rgb(FG), fontsize=8, fontdict=_FONT)
 
+    def changing(self, *artists) -> None:
+        """Render everything but ``artists`` (text set again for every frame) once, now: each
+        :meth:`image` then draws only them over that rendering (matplotlib's blitting), the
+        same pixels as drawing the whole figure when they overlap nothing else, without
+        rendering every static label's glyphs again for every frame."""
+        for a in artists:
+            a.set_visible(False)
+        self.fig.canvas.draw()
+        self._still = self.fig.canvas.copy_from_bbox(self.fig.bbox)
+        for a in artists:
+            a.set_visible(True)
+        self._changing = artists
+
     def image(self):
         """The frame as a Pillow image of mode ``P`` on the palette.
 
@@ -140,7 +167,12 @@ class Canvas:
         """
         from PIL import Image
 
-        self.fig.canvas.draw()
+        if self._still is None:
+            self.fig.canvas.draw()
+        else:
+            self.fig.canvas.restore_region(self._still)
+            for a in self._changing:
+                self.fig.draw_artist(a)
         rgb = np.ascontiguousarray(np.asarray(self.fig.canvas.buffer_rgba())[..., :3])
         greys = [i for i, c in enumerate(self.colors) if c[0] == c[1] == c[2]]
         step = max(1, (len(greys) - 1) // (TEXT_LEVELS - 1))
@@ -382,31 +414,39 @@ def order_comparison_gif(frames: Sequence[tuple[str, np.ndarray, float, float]],
     footer2 = (f"difference stretch +-{dlim:.3g} ADU = {diff_percentile:g}th percentile of "
                f"|order 1 - order 0| over the {n} frames shown; panels 1-2: asinh, one "
                "stretch for all frames")
+    # one canvas for every frame: what changes from frame to frame is its three header lines
+    # and its three panels (the axes, titles, colour bars and footers are made once)
+    cv = Canvas(lay.width, lay.height, colors)
+    header = (cv.text(lay.panels[0][0], 8, "", size=11, weight="bold"),
+              cv.text(lay.width - 14, 8, "", size=10, ha="right", color=DIM),
+              cv.text(lay.panels[0][0], 28, "", size=9))
+    titles = ("order 0 (whole-pixel shift)", "order 1 (bilinear)",
+              "difference (order 1 - order 0)")
+    blank = np.zeros((lay.side, lay.side), dtype=np.uint8)
+    slots = []
+    for (px, py), title in zip(lay.panels, titles, strict=True):
+        cv.text(px, py - 16, title, size=9)
+        cv.axes(px - 1, py - 1, lay.side + 2, lay.side + 2)
+        slots.append(cv.paste(px, py, blank))
+    (bx1, by1), (bx2, by2) = lay.bars
+    cv.colorbar(bx1, by1, lay.bar_w, lay.side, bar_a, asinh_ticks(stretch),
+                "ADU above sky (asinh)")
+    cv.colorbar(bx2, by2, lay.bar_w, lay.side, bar_d, ticks_d, "ADU (linear)")
+    cv.text(lay.panels[0][0], lay.panels[0][1] + lay.side + 8, footer, size=8, color=DIM)
+    cv.text(lay.panels[0][0], lay.panels[0][1] + lay.side + 24, footer2, size=8, color=DIM)
+    cv.changing(*header)
     images = []
     for k, ((name, _raw, dx, dy), (p0, p1)) in enumerate(zip(frames, panels, strict=True)):
-        cv = Canvas(lay.width, lay.height, colors)
         ref = "  (reference)" if picked[k] == 0 else ""
-        cv.text(lay.panels[0][0], 8, f"{name}{ref}", size=11, weight="bold")
-        cv.text(lay.width - 14, 8, f"frame {k + 1}/{n}", size=10, ha="right", color=DIM)
-        cv.text(lay.panels[0][0], 28,
-                f"shift onto the reference: dx {dx:+.2f}, dy {dy:+.2f} px   "
-                f"(order 0 moves it by {round(dx):+d}, {round(dy):+d} px)", size=9)
-        titles = ("order 0 (whole-pixel shift)", "order 1 (bilinear)",
-                  "difference (order 1 - order 0)")
+        header[0].set_text(f"{name}{ref}")
+        header[1].set_text(f"frame {k + 1}/{n}")
+        header[2].set_text(f"shift onto the reference: dx {dx:+.2f}, dy {dy:+.2f} px   "
+                           f"(order 0 moves it by {round(dx):+d}, {round(dy):+d} px)")
         tiles = (grey_index(stretch(p0), levels, n_grey, nodata),
                  grey_index(stretch(p1), levels, n_grey, nodata),
                  grey_index(0.5 + 0.5 * np.clip((p1 - p0) / dlim, -1.0, 1.0), dlevels, n_grey,
                             nodata))
-        for (px, py), title, tile in zip(lay.panels, titles, tiles, strict=True):
-            cv.text(px, py - 16, title, size=9)
-            cv.axes(px - 1, py - 1, lay.side + 2, lay.side + 2)
-            cv.paste(px, py, magnify(tile, scale))
-        (bx1, by1), (bx2, by2) = lay.bars
-        cv.colorbar(bx1, by1, lay.bar_w, lay.side, bar_a, asinh_ticks(stretch),
-                    "ADU above sky (asinh)")
-        cv.colorbar(bx2, by2, lay.bar_w, lay.side, bar_d, ticks_d, "ADU (linear)")
-        cv.text(lay.panels[0][0], lay.panels[0][1] + lay.side + 8, footer, size=8, color=DIM)
-        cv.text(lay.panels[0][0], lay.panels[0][1] + lay.side + 24, footer2, size=8,
-                color=DIM)
+        for slot, tile in zip(slots, tiles, strict=True):
+            cv.replace(slot, magnify(tile, scale))
         images.append(cv.image())
     return save_gif(images, duration_ms)
