@@ -24,6 +24,32 @@ def test_imagetyp_fallback_and_no_keyword_means_every_frame(tmp_path):
     assert [p.name for p in frames.find_light_frames(other)] == ["x.fit", "y.fit"]
 
 
+@pytest.mark.parametrize("card, light", [
+    ("IMAGETYP= 'Light Frame'", True),
+    ("IMAGETYP= Light Frame", True),  # unquoted: not FITS, read as text
+    ("IMAGETYP= Dark", False),
+    ("IMAGETYP=   lightframe /comment", True),
+    ("PICTTYPE=                    1", True),
+    ("PICTTYPE= 1.0.0", False),  # not a number
+    ("PICTTYPE= NAN", False),
+    ("PICTTYPE= 2 / dark", False),
+])
+def test_discovery_reads_frame_types_as_every_reader_does(tmp_path, card, light):
+    # discovery reads the headers without verifying every card; a non-standard type card is
+    # still read as the verified header reads it
+    head = "".join(c.ljust(80) for c in (
+        "SIMPLE  =                    T", "BITPIX  =                  -32",
+        "NAXIS   =                    2", "NAXIS1  =                    4",
+        "NAXIS2  =                    4", card, "END"))
+    (tmp_path / "a.fit").write_bytes(head.encode().ljust(2880) + bytes(2880))
+    assert frames.is_light_frame(frames.read_header(tmp_path / "a.fit")) is light
+    if light:
+        assert [p.name for p in frames.find_light_frames(tmp_path)] == ["a.fit"]
+    else:
+        with pytest.raises(StarshiftError, match="no light frame"):
+            frames.find_light_frames(tmp_path)
+
+
 def test_glob_is_configurable(small_night):
     write_fits(small_night / "g.fits", np.zeros((4, 4)), picttype=1)
     assert [p.name for p in frames.find_light_frames(small_night, "*.fits")] == ["g.fits"]

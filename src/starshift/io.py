@@ -107,12 +107,20 @@ def is_light_frame(header: fits.Header) -> bool:
     return True
 
 
-def read_header(path: str | os.PathLike) -> fits.Header:
+def read_header(path: str | os.PathLike, verify: bool = True) -> fits.Header:
     """The header of a FITS file's image (primary, or the first image extension).
 
     Reads only the header blocks of a plain file. Raises :class:`StarshiftError` naming the
     file when it cannot be read (missing, no permission, empty, not FITS, truncated header).
+    With ``verify`` (the default) every card is made readable (:func:`standard_cards`);
+    without, the cards are as parsed, for a caller that reads a few and falls back.
     """
+    if not verify:
+        return _read_header(path, lambda header: header)
+    return _read_header(path, lambda header: standard_cards(header, path, warn=False))
+
+
+def _read_header(path: str | os.PathLike, finish) -> fits.Header:
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -125,7 +133,7 @@ def read_header(path: str | os.PathLike) -> fits.Header:
                     if end >= 0:
                         header = fits.Header.fromstring(head[:end + 80].decode("ascii"))
                         if header.get("NAXIS", 0) or not header.get("EXTEND"):
-                            return standard_cards(header, path, warn=False)
+                            return finish(header)
                         break  # an empty primary: the image is in an extension
                     more = fh.read(_BLOCK)
                     if not more:
@@ -136,7 +144,7 @@ def read_header(path: str | os.PathLike) -> fits.Header:
             with fits.open(path, memmap=False) as hdul:
                 hdu = next((h for h in hdul if h.is_image and h.header.get("NAXIS") == 2),
                            hdul[0])
-                return standard_cards(hdu.header.copy(), path, warn=False)
+                return finish(hdu.header.copy())
     except StarshiftError:
         raise
     except PermissionError:
@@ -198,12 +206,12 @@ def discover(directory: str | os.PathLike, globs: str | Iterable[str] | None = N
     lights, unreadable, other = [], {}, 0
     for name in files:
         try:
-            header = read_header(directory / name)
+            header = read_header(directory / name, verify=False)
         except StarshiftError as exc:
             unreadable[name] = str(exc).removeprefix(f"{directory / name}: ")
             log.warning("%s", exc)
             continue
-        if is_light_frame(header):
+        if _light(header, directory / name):
             lights.append(name)
         else:
             other += 1
@@ -212,6 +220,19 @@ def discover(directory: str | os.PathLike, globs: str | Iterable[str] | None = N
             f"{directory}: {len(files)} FITS file(s) but no light frame (PICTTYPE=1 or "
             "IMAGETYP containing 'light'); point at the science frames")
     return Discovery(directory, tuple(lights), unreadable, other)
+
+
+def _light(header: fits.Header, path: Path) -> bool:
+    """:func:`is_light_frame` of a header read without verifying its cards: as read when the
+    keywords it looks at are standard, else after :func:`standard_cards` (as every other
+    reader sees it). Verifying every card of every file cost discovery 13 of its 22 ms on a
+    71-frame night; the two keywords alone are enough when they are standard."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", VerifyWarning)
+            return is_light_frame(header)
+    except Exception:  # a card astropy would fix or cannot parse: read it as the others do
+        return is_light_frame(standard_cards(header, path, warn=False))
 
 
 def find_light_frames(directory: str | os.PathLike, globs: str | Iterable[str] | None = None
