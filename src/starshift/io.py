@@ -115,12 +115,12 @@ def read_header(path: str | os.PathLike, verify: bool = True) -> fits.Header:
     With ``verify`` (the default) every card is made readable (:func:`standard_cards`);
     without, the cards are as parsed, for a caller that reads a few and falls back.
     """
-    if not verify:
-        return _read_header(path, lambda header: header)
-    return _read_header(path, lambda header: standard_cards(header, path, warn=False))
+    header = _parsed_header(path)
+    return standard_cards(header, path, warn=False) if verify else header
 
 
-def _read_header(path: str | os.PathLike, finish) -> fits.Header:
+def _parsed_header(path: str | os.PathLike) -> fits.Header:
+    """The header of :func:`read_header`, its cards as parsed."""
     path = Path(path)
     try:
         with open(path, "rb") as fh:
@@ -133,7 +133,7 @@ def _read_header(path: str | os.PathLike, finish) -> fits.Header:
                     if end >= 0:
                         header = fits.Header.fromstring(head[:end + 80].decode("ascii"))
                         if header.get("NAXIS", 0) or not header.get("EXTEND"):
-                            return finish(header)
+                            return header
                         break  # an empty primary: the image is in an extension
                     more = fh.read(_BLOCK)
                     if not more:
@@ -144,7 +144,7 @@ def _read_header(path: str | os.PathLike, finish) -> fits.Header:
             with fits.open(path, memmap=False) as hdul:
                 hdu = next((h for h in hdul if h.is_image and h.header.get("NAXIS") == 2),
                            hdul[0])
-                return finish(hdu.header.copy())
+                return hdu.header.copy()
     except StarshiftError:
         raise
     except PermissionError:

@@ -82,7 +82,8 @@ class PreparedReference:
     def __init__(self, shape: tuple[int, int], params: ReferenceParams,
                  frame_params: FrameParams, coarse: _Coarse, coarse_ref: _CoarseRef | None,
                  catalogue: _Catalogue, fwhm: float, saturation: float,
-                 template: _Template | None, ok: bool = True, reason: str = ""):
+                 template: _Template | None, ok: bool = True, reason: str = "",
+                 noise: ReferenceParams | None = None):
         self.shape = shape
         self.params = params
         self.frame_params = frame_params
@@ -94,9 +95,9 @@ class PreparedReference:
         self._template = template
         self.ok = ok
         self.reason = reason
-        #: the parameters of the per-star noise model: ``params``, or without the Poisson part
-        #: for data that cannot be in ADU (:func:`_noise_params`)
-        self._noise = params
+        #: the parameters of the per-star noise model: ``params``, or with the gain the data's
+        #: sky gives for data that cannot be in ADU (:func:`_noise_params`)
+        self._noise = params if noise is None else noise
 
     @property
     def n_catalogue(self) -> int:
@@ -169,9 +170,8 @@ def prepare_reference(reference: np.ndarray, params: ReferenceParams | None = No
     template = _make_template(src, rawf, fwhm, sat, noise_p)
     log.debug("reference %s: %d catalogue stars, FWHM %.2f px, bin %d", img.shape,
               cat.x.size, fwhm, coarse.bin)
-    prep = PreparedReference(img.shape, p, fp, coarse, cref, cat, fwhm, sat, template)
-    prep._noise = noise_p
-    return prep
+    return PreparedReference(img.shape, p, fp, coarse, cref, cat, fwhm, sat, template,
+                             noise=noise_p)
 
 
 #: The standard deviation of rounding to whole numbers (1 / sqrt(12)): frames in ADU, whole

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import columns as C
-from .gif import DIM, FG, Canvas, _rgb, evenly_spaced, grey_index, palette, save_gif
+from .gif import DIM, FG, Canvas, evenly_spaced, grey_index, palette, save_gif
 from .stretch import asinh_stretch, block_mean
 
 #: Width of the displayed frame, px (never enlarged).
@@ -135,14 +135,13 @@ def blink_gif(frames: Sequence[np.ndarray | None], names: Sequence[str],
         if data.shape != (h, w):
             raise ValueError(f"blink_gif: {names[i]} has another shape than the reference")
         status = str(statuses[i])
-        name_t.set_text(_fit(f"{head}{names[i]}", chars - 12))
-        count_t.set_text(f"{k + 1}/{len(shown)}")
+        cv.retext(name_t, _fit(f"{head}{names[i]}", chars - 12))
+        cv.retext(count_t, f"{k + 1}/{len(shown)}")
         is_rej = status == C.REJECTED
         why = str(reasons[i]) if reasons is not None and isinstance(reasons[i], str) else ""
         label = status + (" (reference)" if i == ref_i else "") + (f": {why}" if why else "")
-        label_t.set_text(_fit(label, chars))
-        label_t.set_color(_rgb(RED if is_rej else FG))
-        label_t.set_fontweight("bold" if is_rej else "normal")
+        cv.retext(label_t, _fit(label, chars), color=RED if is_rej else FG,
+                  weight="bold" if is_rej else "normal")
         tile = grey_index(stretch(data)[::-1], levels, n_grey)  # y up
         if is_rej:  # a red frame around a rejected frame
             tile[:3, :] = tile[-3:, :] = tile[:, :3] = tile[:, -3:] = red

@@ -101,6 +101,15 @@ class Canvas:
         return self.fig.text(x / self.width, 1.0 - y / self.height, s, fontsize=size,
                              color=_rgb(color), fontdict=_FONT, **kw)
 
+    def retext(self, artist, s: str, color=None, weight: str | None = None) -> None:
+        """Set again a :meth:`text`'s string, and its colour and weight when given (a GIF's
+        changing lines, on one canvas for every frame)."""
+        artist.set_text(s)
+        if color is not None:
+            artist.set_color(_rgb(color))
+        if weight is not None:
+            artist.set_fontweight(weight)
+
     def axes(self, x: int, y: int, w: int, h: int):
         """An empty axes whose frame encloses the ``w`` x ``h`` px box at (x, y)."""
         ax = self.fig.add_axes((x / self.width, 1.0 - (y + h) / self.height,
@@ -438,10 +447,10 @@ def order_comparison_gif(frames: Sequence[tuple[str, np.ndarray, float, float]],
     images = []
     for k, ((name, _raw, dx, dy), (p0, p1)) in enumerate(zip(frames, panels, strict=True)):
         ref = "  (reference)" if picked[k] == 0 else ""
-        header[0].set_text(f"{name}{ref}")
-        header[1].set_text(f"frame {k + 1}/{n}")
-        header[2].set_text(f"shift onto the reference: dx {dx:+.2f}, dy {dy:+.2f} px   "
-                           f"(order 0 moves it by {round(dx):+d}, {round(dy):+d} px)")
+        cv.retext(header[0], f"{name}{ref}")
+        cv.retext(header[1], f"frame {k + 1}/{n}")
+        cv.retext(header[2], f"shift onto the reference: dx {dx:+.2f}, dy {dy:+.2f} px   "
+                             f"(order 0 moves it by {round(dx):+d}, {round(dy):+d} px)")
         tiles = (grey_index(stretch(p0), levels, n_grey, nodata),
                  grey_index(stretch(p1), levels, n_grey, nodata),
                  grey_index(0.5 + 0.5 * np.clip((p1 - p0) / dlim, -1.0, 1.0), dlevels, n_grey,
