@@ -453,6 +453,63 @@ def test_stack_sigma_clip_leaves_nan_out_of_the_median_and_still_clips():
     assert np.isnan(stack([np.full((2, 2), np.nan)] * 3, "sigma_clip")).all()
 
 
+def _ccdproc_stack(frames, method, scale=None, weights=None, sigma=3.0):
+    """The same stack through ccdproc's Combiner (2.5), as the report stage made it before."""
+    import warnings
+
+    from astropy.nddata import CCDData
+    from ccdproc import Combiner
+
+    arrays = [np.asarray(f, dtype=float) for f in frames]
+    ccds = [CCDData(a, unit="adu", mask=None if np.isfinite(a).all() else ~np.isfinite(a))
+            for a in arrays]
+    zeros = lambda data, axis=0: np.zeros(np.shape(data)[:axis] + np.shape(data)[axis + 1:])  # noqa: E731
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore")
+        c = Combiner(ccds, dtype=np.float64)
+        if scale is not None:
+            c.scaling = np.asarray(scale, dtype=float)
+        if method == "median":
+            combined = c.median_combine(uncertainty_func=zeros)
+        else:
+            if method == "sigma_clip" and len(arrays) >= 3:
+                c.sigma_clipping(low_thresh=sigma, high_thresh=sigma, func="median",
+                                 dev_func="mad_std")
+            if weights is not None:
+                w = np.asarray(weights, dtype=float).reshape(-1, 1, 1)
+                c.weights = np.where(np.ma.getmaskarray(c.data_arr), 0.0, w)
+            combined = c.average_combine(uncertainty_func=zeros)
+    out = np.asarray(combined.data, dtype=np.float32)
+    if combined.mask is not None:
+        out[np.asarray(combined.mask, dtype=bool)] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("method", ["mean", "median", "sigma_clip"])
+def test_stack_is_byte_identical_to_ccdprocs_combiner(method):
+    # the stacks were made with ccdproc's Combiner; the direct arithmetic must give the same
+    # bytes: frames with NaN holes, a cosmic ray, several exposure times (scale and weights)
+    pytest.importorskip("ccdproc")
+    rng = np.random.default_rng(5)
+    frames = [f.astype(np.float32) for f in _aligned(7)]
+    frames[1][10:14, 20:40] = np.nan
+    frames[3][30, 30] = 9000.0
+    frames[5][:, :3] = np.nan
+    for f in frames[:3]:
+        f[0, 0] = np.nan  # a pixel only four of the seven frames have
+    exptime = rng.uniform(20, 90, len(frames))
+    for kw in ({}, {"scale": exptime.max() / exptime},
+               {"scale": exptime.max() / exptime, "weights": exptime}, {"weights": exptime}):
+        if method == "median" and "weights" in kw:
+            continue
+        ours = stack(frames, method, **kw)
+        assert ours.tobytes() == _ccdproc_stack(frames, method, **kw).tobytes(), kw
+    two = [frames[0], frames[2]]
+    assert stack(two, method).tobytes() == _ccdproc_stack(two, method).tobytes()
+    empty = [np.full((4, 4), np.nan)] * 3
+    assert stack(empty, method).tobytes() == _ccdproc_stack(empty, method).tobytes()
+
+
 def test_stack_png_shows_fwhm_and_is_deterministic():
     frames = _aligned(3)
     s = stack(frames, "median")

@@ -2,14 +2,15 @@
 
 Nothing here touches the disk; the report stage (:mod:`starshift.report.build`) writes what
 these return through :mod:`starshift.io`. Heavy libraries (photutils, matplotlib, Pillow,
-ccdproc) are imported inside the functions that need them, so importing this package stays
+scipy) are imported inside the functions that need them, so importing this package stays
 cheap. Images carry no timestamps or version metadata: the same input gives the same bytes.
 
 - :mod:`.photometry` -- star selection on the reference, aperture photometry before and after
   shifting with each interpolation order, and a per-order summary.
 - :mod:`.gif` -- the animated order-0 vs order-1 comparison (and the GIF canvas).
 - :mod:`.blink` -- the blink GIF of a night's aligned frames, labelled with their status.
-- :mod:`.stack` -- stacks of aligned frames (ccdproc), their FWHM beside the single frames'.
+- :mod:`.stack` -- stacks of aligned frames (ccdproc's Combiner arithmetic, astropy's sigma
+  clip), their FWHM beside the single frames'.
 - :mod:`.quality_plot` -- every per-frame quality metric with the night's limits.
 - :mod:`.plots` -- residual per frame, flux change per order, sweep summary (PNG bytes).
 - :mod:`.stretch` -- the asinh display stretch and block means shared by the images.

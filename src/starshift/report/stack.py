@@ -53,82 +53,80 @@ METHOD_NAMES = {"mean": "mean", "median": "median",
 
 def stack(frames: Sequence[np.ndarray], method: str, *, scale: Sequence[float] | None = None,
           weights: Sequence[float] | None = None, sigma: float = CLIP_SIGMA) -> np.ndarray:
-    """Combine aligned frames pixel by pixel with ccdproc's :class:`~ccdproc.Combiner`.
+    """Combine aligned frames pixel by pixel, as ccdproc's :class:`~ccdproc.Combiner` does.
 
     Parameters
     ----------
     frames : sequence of 2-D arrays
-        Aligned (shifted) frames of one shape, e.g. the kept frames of one filter. NaN pixels
-        are masked (left out of that pixel's combination).
+        Aligned (shifted) frames of one shape, e.g. the kept frames of one filter. Non-finite
+        (NaN) pixels are left out of that pixel's combination.
     method : {'mean', 'median', 'sigma_clip'}
-        ``mean``: the (weighted) mean of each pixel (``Combiner.average_combine``), no
-        rejection: the one to measure an alignment with. ``median``: the median of each pixel
-        (``Combiner.median_combine``). ``sigma_clip``: values beyond ``sigma`` robust sigmas
-        (MAD) from the pixel's median are rejected (``Combiner.sigma_clipping``), the rest
-        averaged (``Combiner.average_combine``).
+        ``mean``: the (weighted) mean of each pixel, no rejection: the one to measure an
+        alignment with. ``median``: the median of each pixel. ``sigma_clip``: values beyond
+        ``sigma`` robust sigmas (MAD) from the pixel's median are rejected (astropy's
+        :func:`~astropy.stats.sigma_clip`, one pass), the rest averaged.
     scale : sequence of float, optional
         Multiply each frame by this before combining (e.g. ``t_max / exptime`` to put frames of
-        several exposure times on one scale; frames must then be background-subtracted).
+        several exposure times on one scale; frames must then be background-subtracted). The
+        clipping is decided on the unscaled values, as ccdproc does.
     weights : sequence of float, optional
-        Weights of the average (``mean`` and ``sigma_clip``), e.g. the exposure times.
+        Weights of the average (``mean`` and ``sigma_clip``), e.g. the exposure times; a left
+        out value's weight is left out too.
     sigma : float
         Clipping threshold of ``sigma_clip``.
 
     Returns
     -------
     2-D float32 array
-        The stack; NaN where every frame was masked or rejected.
-    """
-    from astropy.nddata import CCDData
-    from ccdproc import Combiner
+        The stack; NaN where every frame was left out or rejected.
 
+    The arithmetic is ccdproc 2.5's, in float64, in the same order (``average_combine``,
+    ``median_combine``, ``sigma_clipping(func="median", dev_func="mad_std")``; for weights, the
+    per-pixel weights that leave out a masked value, astropy/ccdproc#893), and the stacks are
+    byte-identical to it (tests/test_report.py), without its masked arrays and ``CCDData``
+    copies: a 25-frame 765 x 510 ``sigma_clip`` stack 0.34-0.49 s against 0.50-1.59 s, the
+    ``mean`` stack 0.05-0.10 s against 0.15-0.49 s; ccdproc's import (about 1 s, reproject and
+    zarr with it) is saved too.
+    """
     if method not in STACK_METHODS:
         raise ValueError(f"stack: method={method!r}: use one of {STACK_METHODS}")
     if len(frames) == 0:
         raise ValueError("stack: no frames")
-    arrays = [np.asarray(f, dtype=float) for f in frames]
-    if len({a.shape for a in arrays}) != 1 or arrays[0].ndim != 2:
+    shapes = {np.shape(f) for f in frames}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError("stack: frames must be 2-D and of one shape")
-    ccds = [CCDData(a, unit="adu", mask=~np.isfinite(a) if not np.isfinite(a).all() else None)
-            for a in arrays]
-    # a pixel masked in every frame is NaN (and its unused uncertainty 0/0): no warning
+    n = len(frames)
+    cube = np.empty((n, *np.shape(frames[0])), dtype=np.float64)
+    for i, f in enumerate(frames):
+        cube[i] = f
+    left_out = ~np.isfinite(cube)  # left out of the pixel's combination
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
-        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
-        return _combine(Combiner(ccds, dtype=np.float64), method, scale, weights, sigma,
-                        len(arrays))
-
-
-def _combine(combiner, method: str, scale, weights, sigma: float, n: int) -> np.ndarray:
-    if scale is not None:
-        combiner.scaling = np.asarray(scale, dtype=float)
-    if method == "median":
-        combined = combiner.median_combine(uncertainty_func=_no_uncertainty)
-    else:
+        warnings.filterwarnings("ignore", "Input data contains invalid values")
         if method == "sigma_clip" and n >= 3:  # fewer: nothing to compare with
-            # by name, astropy's compiled clip: NaN (masked) values left out of each pixel's
-            # median and MAD, 2-4x faster than the median callables on the same values
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Input data contains invalid values")
-                combiner.sigma_clipping(low_thresh=sigma, high_thresh=sigma, func="median",
-                                        dev_func="mad_std")
-        if weights is not None:
-            # per-pixel weights, 0 where a value is masked or clipped: ccdproc (2.5) divides
-            # by the sum of *all* frames' weights otherwise, which lowers every clipped pixel
-            # (star cores most) -- astropy/ccdproc#893
+            from astropy.stats import sigma_clip
+
+            # by name, astropy's compiled clip: NaN values left out of each pixel's median and
+            # MAD, 2-4x faster than the median callables on the same values
+            left_out |= sigma_clip(cube, sigma_lower=sigma, sigma_upper=sigma, axis=0, maxiters=1,
+                               cenfunc="median", stdfunc="mad_std", masked=True,
+                               copy=False).mask
+        if scale is not None:
+            cube *= np.asarray(scale, dtype=float).reshape(-1, 1, 1)
+        if method == "median":
+            cube[left_out] = np.nan
+            combined = np.nanmedian(cube, axis=0)
+        elif weights is not None:
             w = np.asarray(weights, dtype=float).reshape(-1, 1, 1)
-            combiner.weights = np.where(np.ma.getmaskarray(combiner.data_arr), 0.0, w)
-        combined = combiner.average_combine(uncertainty_func=_no_uncertainty)
-    out = np.asarray(combined.data, dtype=np.float32)
-    if combined.mask is not None:
-        out[np.asarray(combined.mask, dtype=bool)] = np.nan
-    return out
-
-
-def _no_uncertainty(data, axis: int = 0) -> np.ndarray:
-    """Zeros for the combiner's uncertainty (by default a std over every pixel's stack of
-    values, as long as the combination itself): only the combined data is kept."""
-    return np.zeros(np.shape(data)[:axis] + np.shape(data)[axis + 1:])
+            cube *= w
+            np.copyto(cube, 0.0, where=left_out)
+            combined = cube.sum(axis=0) / np.where(left_out, 0.0, w).sum(axis=0)
+        else:
+            np.copyto(cube, 0.0, where=left_out)
+            combined = cube.sum(axis=0) / (n - left_out.sum(axis=0, dtype=np.intp))
+    result = combined.astype(np.float32)
+    result[left_out.all(axis=0)] = np.nan
+    return result
 
 
 def stack_fwhm(stacked: np.ndarray, frames: Sequence[np.ndarray], positions: np.ndarray
