@@ -108,9 +108,9 @@ def stack(frames: Sequence[np.ndarray], method: str, *, scale: Sequence[float] |
 
             # by name, astropy's compiled clip: NaN values left out of each pixel's median and
             # MAD, 2-4x faster than the median callables on the same values
-            left_out |= sigma_clip(cube, sigma_lower=sigma, sigma_upper=sigma, axis=0, maxiters=1,
-                               cenfunc="median", stdfunc="mad_std", masked=True,
-                               copy=False).mask
+            left_out |= sigma_clip(cube, sigma_lower=sigma, sigma_upper=sigma, axis=0,
+                                   maxiters=1, cenfunc="median", stdfunc="mad_std",
+                                   masked=True, copy=False).mask
         if scale is not None:
             cube *= np.asarray(scale, dtype=float).reshape(-1, 1, 1)
         if method == "median":
