@@ -173,12 +173,13 @@ def lighten_astropy_import() -> list[str]:
     """Keep ``import astropy.io.fits`` from importing what starshift's FITS reading and writing
     never use: ``astropy.units`` (astropy 8's ``astropy.utils.data`` imports it for two type
     annotations; the FITS scripts' import was kept free of it upstream, astropy PR 8166) and
-    numcodecs (installed with ccdproc through reproject and zarr; astropy's FITS codecs only
-    subclass its ``Codec`` so that other packages can use them). ``astropy.units`` is imported
-    as usual by whatever uses it (photutils, ccdproc, astropy.wcs), numcodecs by whatever
-    imports it. The console script calls this (:func:`starshift.cli.run`); a library user's
-    process is left as it is. Returns the modules hooked. Measured: ``starshift align`` on
-    march_29_2018 in 1.18 s against 1.39 s (median of 11 alternating runs, same outputs).
+    numcodecs (present where zarr is, e.g. with the test extra's ccdproc through reproject;
+    astropy's FITS codecs only subclass its ``Codec`` so that other packages can use them).
+    ``astropy.units`` is imported as usual by whatever uses it (photutils, astropy.wcs),
+    numcodecs by whatever imports it. The console script calls this
+    (:func:`starshift.cli.run`); a library user's process is left as it is. Returns the
+    modules hooked. Measured: ``starshift align`` on march_29_2018 in 1.18 s against 1.39 s
+    (median of 11 alternating runs, same outputs).
     """
     return [name for name, run in ((_DATA, _exec_without_units),
                                    (_CODECS, _exec_without_numcodecs)) if _install(name, run)]

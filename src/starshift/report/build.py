@@ -360,7 +360,7 @@ class _Builders:
 #: What several builders import (seconds of start-up each), imported once before the workers
 #: fork. What one builder alone needs is imported in the worker that runs it, while the other
 #: worker builds: photutils (about 1 s: astropy.table, nddata, scipy.spatial, a scan of the
-#: installed packages) for the photometry, ccdproc for the stacks.
+#: installed packages) for the photometry.
 _PRELOAD = ("matplotlib.figure", "matplotlib.backends.backend_agg", "PIL.Image", "astropy.stats",
             "starshift.registration", "starshift.quality", "starshift.report.blink",
             "starshift.report.gif", "starshift.report.photometry", "starshift.report.plots",
