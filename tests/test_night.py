@@ -131,3 +131,46 @@ def test_quality_false_measures_the_same_shifts_without_the_metrics(small_night,
     for a, b in zip(full, lean, strict=True):
         assert C.FWHM in a and C.FWHM not in b
         assert {k: a[k] for k in b} == b
+
+
+def test_own_frames_shifts_within_the_read_arrays_with_the_same_results(small_night):
+    """own_frames: each frame is shifted in the array read for it (one frame less of memory),
+    with the same rows, headers and pixels; the reference's array and, without own_frames, a
+    reader's arrays are left as they were."""
+    paths = sorted(p for p in small_night.glob("f*.fit"))
+    ref_data, ref_header = starshift.io.read_frame(paths[0])
+    cfg = compose_align(["method=auto", "shift.subtract_background=true"])
+    s = starshift.settings.night_settings(cfg, ["measure", "shift"])
+    ref = starshift.night.prepare_night_reference(paths[0].name, ref_data, ref_header,
+                                                  s.catalogue)
+    ref_before = ref.data.copy()
+    names = [p.name for p in paths]
+    kept: dict[str, np.ndarray] = {}
+
+    def read(n):  # keeps what it returns: the caller's arrays
+        data, header = starshift.io.read_frame(small_night / n)
+        kept[n] = data
+        return data, header
+
+    copied = list(starshift.night.align_night(names, read, ref, s.method, shift=s.shift))
+    originals = {n: a.copy() for n, a in kept.items()}
+    assert all(r.data is not kept.get(r.row[C.FILE]) for r in copied)
+    owned = list(starshift.night.align_night(names, read, ref, s.method, shift=s.shift,
+                                             own_frames=True))
+    np.testing.assert_array_equal(ref.data, ref_before)
+    moved = 0
+    for a, b in zip(copied, owned, strict=True):
+        name = a.row[C.FILE]
+        assert a.row == b.row or all(
+            a.row[k] == b.row[k] or (a.row[k] != a.row[k] and b.row[k] != b.row[k])
+            for k in a.row)
+        np.testing.assert_array_equal(a.data, b.data)
+        assert repr(a.header) == repr(b.header)
+        if name != ref.name and (a.row[C.APPLIED_DX] or a.row[C.APPLIED_DY]):
+            assert b.data is kept[name]  # shifted in place, the second run's array
+            moved += 1
+    assert moved >= 2
+    # the first run (own_frames False) left its reader's arrays as read
+    fresh = {n: starshift.io.read_frame(small_night / n)[0] for n in originals}
+    for n, a in originals.items():
+        np.testing.assert_array_equal(a, fresh[n])

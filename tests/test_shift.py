@@ -200,3 +200,26 @@ def test_box_centroid_with_a_known_frame_median_is_the_same_measurement():
     frame = gaussian_frame(stars=((77.3, 62.6, 20000.0),), noise=5).astype(np.float32)
     m = median(frame)
     assert box_centroid(frame, (78, 61), 21, frame_median=m) == box_centroid(frame, (78, 61), 21)
+
+
+def test_integer_shift_in_place_moves_the_pixels_within_the_array(monkeypatch):
+    """Every whole-pixel shift, in place, gives the copy's values in the given array, with
+    blocks of rows as small as one row (the block order is what keeps it right)."""
+    import starshift.shift
+
+    rng = np.random.default_rng(11)
+    for chunk_rows in (None, 1, 3):
+        for shape in ((40, 33), (7, 5), (1, 9), (9, 1)):
+            if chunk_rows:
+                monkeypatch.setattr(starshift.shift, "CHUNK_BYTES", chunk_rows * shape[1] * 4)
+            for dx in range(-shape[1] - 1, shape[1] + 2, max(1, shape[1] // 5)):
+                for dy in range(-shape[0] - 1, shape[0] + 2, max(1, shape[0] // 5)):
+                    data = rng.normal(size=shape).astype(np.float32)
+                    want = integer_shift(data, dx, dy, -7.0)
+                    got = integer_shift(data, dx, dy, -7.0, in_place=True)
+                    assert got is data
+                    np.testing.assert_array_equal(got, want)
+    frozen = np.arange(12.0).reshape(3, 4)
+    frozen.flags.writeable = False  # not writeable: a new array, as without in_place
+    out = apply_shift(frozen, 1, 0, in_place=True)
+    assert out is not frozen and out[0, 1] == 0.0

@@ -363,31 +363,37 @@ def applied_shift(dx: float, dy: float, order: int) -> tuple[float, float]:
 
 
 def shift_row(data: np.ndarray, header, row: Mapping, ref: NightReference, method: Method,
-              settings: ShiftSettings, cards: Mapping[str, tuple[Any, str]]):
+              settings: ShiftSettings, cards: Mapping[str, tuple[Any, str]],
+              in_place: bool = False):
     """Shift one raw frame by its measured shift; returns (data, header, diagnostics update).
 
     ``cards`` are provenance header cards (keyword -> (value, comment)) written after the
     shift's own (XOFFSET/YOFFSET accumulated, BKGSUB, SSMETHOD, SSORDER, SSREF).
+    ``in_place``: ``data`` is the caller's to overwrite; a whole-pixel shift (order 0, no
+    flip) then moves the pixels within it (:func:`starshift.shift.integer_shift`), the same
+    values without a second frame in memory.
     """
     adx, ady = applied_shift(row[C.DX], row[C.DY], settings.order)
     flipped = bool(row.get(C.FLIP, 0) == 1)
     if flipped:  # a meridian flip: turn the frame by 180 deg first (a pixel permutation)
         data = np.rot90(data, 2)
     cval = fill_value(data, settings.fill)
-    shifted = apply_shift(data, adx, ady, order=settings.order, fill=cval)
-    # the shifted frame's median: the seed's background, and the box re-measure's offset
+    # the shifted frame's median: the seed's background, and the box re-measure's offset;
+    # for order 0 by counting, from the frame (before its pixels move) and the fill
+    need_median = settings.subtract_background or method.needs_shifted_median
     shifted_median = None
-    if settings.subtract_background or method.needs_shifted_median:
-        if settings.order == 0:  # by counting, from the frame and the fill (same value)
-            shifted_median = median_after_shift(data, adx, ady, cval)
-        else:
-            shifted_median = median(shifted, common=cval)
+    if need_median and settings.order == 0:
+        shifted_median = median_after_shift(data, adx, ady, cval)
+    shifted = apply_shift(data, adx, ady, order=settings.order, fill=cval,
+                          in_place=in_place and not flipped)
+    if need_median and settings.order != 0:
+        shifted_median = median(shifted, common=cval)
     measured = Measurement(float(row[C.DX]), float(row[C.DY]))
     rdx, rdy, why = method.residual(ref, shifted, measured, (adx, ady), shifted_median)
     bkg = 0.0
     if settings.subtract_background and np.isfinite(shifted_median):
         bkg = shifted_median
-        shifted -= bkg  # in place: ``shifted`` is a new array (apply_shift never returns data)
+        shifted -= bkg  # in place: ``shifted`` is a new array, or ``data`` when in_place
     hdr = shifted_header(header, shifted.shape, adx, ady, flipped=flipped, background=bkg,
                          order=settings.order, reference=ref.name, version=__version__)
     hdr["XOFFSET"] = (_accumulated(hdr, "XOFFSET", adx), "[px] x shift applied (accumulated)")
@@ -415,8 +421,8 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
                 shift: ShiftSettings | None = None,
                 cards: Mapping[str, tuple[Any, str]] | None = None,
                 sink: Callable[[str, np.ndarray, Any], None] | None = None,
-                jobs: int = 1, executor: Executor | None = None, quality: bool = True
-                ) -> Iterator[FrameResult]:
+                jobs: int = 1, executor: Executor | None = None, quality: bool = True,
+                own_frames: bool = False) -> Iterator[FrameResult]:
     """Run a night's frames through measuring and/or shifting, one frame at a time.
 
     Parameters
@@ -456,6 +462,10 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
     quality : bool
         Measure each frame's quality metrics (:func:`frame_quality`); False leaves them out
         of the rows (the DVC ``compare`` stage, which only compares shifts).
+    own_frames : bool
+        The arrays ``read`` returns are new and nobody else's (as read from files): each
+        frame is then shifted within its own array where it can be (:func:`shift_row`), one
+        frame less of memory per worker. Never the reference's array.
 
     Yields
     ------
@@ -464,7 +474,7 @@ def align_night(names: Iterable[str], read: Reader, ref: NightReference, method:
         header (``None`` for a failed frame).
     """
     task = _FrameTask(read, ref, method, pre_shift or {}, fill, measured, shift, cards or {},
-                      sink, quality)
+                      sink, quality, own_frames)
     # the reference was prepared here, which imported what the per-frame code imports lazily
     # (the aligner's star matching, the box centroid): forked workers start warm
     yield from ordered_map(task, names, jobs, executor)
@@ -484,6 +494,7 @@ class _FrameTask:
     cards: Mapping[str, tuple[Any, str]]
     sink: Callable[[str, np.ndarray, Any], None] | None
     quality: bool = True
+    own_frames: bool = False
 
     def __call__(self, name: str) -> FrameResult:
         ref, shift = self.ref, self.shift
@@ -504,7 +515,8 @@ class _FrameTask:
                         C.REFERENCE: int(name == ref.name)})
         result = _with_shift_columns(FrameResult(row), shift)
         if shift is not None and row[C.STATUS] != C.FAILED:
-            out, hdr, update = shift_row(data, header, row, ref, self.method, shift, self.cards)
+            out, hdr, update = shift_row(data, header, row, ref, self.method, shift, self.cards,
+                                         in_place=self.own_frames and name != ref.name)
             row.update(update)
             if self.sink is not None:
                 self.sink(name, out, hdr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._lazy import ndimage
-from ._stats import counts, median
+from ._stats import CHUNK_BYTES, counts, median
 
 ORDERS = (0, 1, 3)
 
@@ -29,7 +29,7 @@ def fill_value(data: np.ndarray, fill: str | float = "median") -> float:
 
 
 def apply_shift(data: np.ndarray, dx: float, dy: float, *, order: int = 0,
-                fill: str | float = "median") -> np.ndarray:
+                fill: str | float = "median", in_place: bool = False) -> np.ndarray:
     """Move ``data`` by (dx, dy) pixels with ``scipy.ndimage.shift``.
 
     Parameters
@@ -45,6 +45,10 @@ def apply_shift(data: np.ndarray, dx: float, dy: float, *, order: int = 0,
         interpolate and change them.
     fill : 'median', 'nan', 'zero' or float
         Value for pixels that enter from outside the frame (see :func:`fill_value`).
+    in_place : bool
+        With ``order=0`` and a writeable float ``data``, move the pixels within ``data`` itself
+        and return it (:func:`integer_shift`): the caller's array is overwritten, and no second
+        frame of memory is needed. Otherwise ignored (a new array is returned).
 
     Returns
     -------
@@ -59,24 +63,43 @@ def apply_shift(data: np.ndarray, dx: float, dy: float, *, order: int = 0,
         dx, dy = round(float(dx)), round(float(dy))
     cval = fill_value(data, fill)
     if order == 0:
-        return integer_shift(data, int(dx), int(dy), cval)
+        return integer_shift(data, int(dx), int(dy), cval, in_place=in_place)
     return ndimage.shift(data, (float(dy), float(dx)), order=order, mode="constant", cval=cval,
                          prefilter=order > 1)
 
 
-def integer_shift(data: np.ndarray, dx: int, dy: int, cval: float) -> np.ndarray:
+def integer_shift(data: np.ndarray, dx: int, dy: int, cval: float, *,
+                  in_place: bool = False) -> np.ndarray:
     """Whole-pixel shift by slicing: identical to ``ndimage.shift(order=0)`` but copy-only
-    (each output pixel written once: the moved block, then the strips that entered)."""
-    out = np.empty_like(data)
+    (each output pixel written once: the moved block, then the strips that entered).
+
+    ``in_place=True`` (a writeable ``data``) moves the pixels within ``data`` and returns it,
+    the same values: blocks of rows are moved in the order that reads every row before it is
+    overwritten (from the far end of the move), each block small enough (``CHUNK_BYTES``) that
+    numpy's copy of an overlapping block stays small. A 26 MP frame then needs no second
+    104 MB array, which a short process pays for page by page.
+    """
     ny, nx = data.shape
+    if in_place and data.flags.writeable:
+        out = data
+    else:
+        out, in_place = np.empty_like(data), False
     if abs(dx) >= nx or abs(dy) >= ny:
         out.fill(cval)
         return out
-    src_y = slice(max(0, -dy), ny - max(0, dy))
-    dst_y = slice(max(0, dy), ny - max(0, -dy))
     src_x = slice(max(0, -dx), nx - max(0, dx))
     dst_x = slice(max(0, dx), nx - max(0, -dx))
-    out[dst_y, dst_x] = data[src_y, src_x]
+    if not in_place:
+        src_y = slice(max(0, -dy), ny - max(0, dy))
+        dst_y = slice(max(0, dy), ny - max(0, -dy))
+        out[dst_y, dst_x] = data[src_y, src_x]
+    elif dx or dy:
+        rows = max(CHUNK_BYTES // max(data.itemsize * nx, 1), 1)
+        first, last = max(0, -dy), ny - max(0, dy)  # the source rows that stay in the frame
+        starts = range(first, last, rows)
+        for y0 in (reversed(starts) if dy > 0 else starts):  # moving down: the bottom first
+            y1 = min(y0 + rows, last)
+            out[y0 + dy: y1 + dy, dst_x] = data[y0: y1, src_x]
     out[: max(0, dy)] = cval
     out[ny - max(0, -dy):] = cval
     out[:, : max(0, dx)] = cval

@@ -335,7 +335,7 @@ def _align_rows(input_dir: Path, found: fio.Discovery, s: NightSettings,
                               pre_shift=s.pre_shift, fill=s.fill,
                               shift=s.shift, cards=_provenance(s),
                               sink=_Sink(folder) if folder is not None else None,
-                              jobs=s.jobs, executor=s.executor)
+                              jobs=s.jobs, executor=s.executor, own_frames=True)
         with closing(results):  # on an interruption the workers stop before the staging goes
             return [r.row for r in progress_bar(results, progress, total=len(names),
                                                 desc=f"align {input_dir.name}")], folder
@@ -386,7 +386,7 @@ def stage_shift(input_dir, shifts_table, out_dir, out_table, cfg, progress=False
         results = align_night(names, _reader(input_dir), ref, s.method,
                               measured=dict(zip(names, rows, strict=True)),
                               shift=s.shift, cards=_provenance(s), sink=_Sink(out.staging),
-                              jobs=s.jobs, executor=s.executor)
+                              jobs=s.jobs, executor=s.executor, own_frames=True)
         with closing(results):  # on an interruption the workers stop before the staging goes
             rows = [r.row for r in progress_bar(results, progress, total=len(names),
                                                 desc=f"shift {input_dir.name}")]
