@@ -977,3 +977,39 @@ def test_detection_shortcuts_equal_the_scipy_filters():
     for sigma in (1.0, 2.6):
         np.testing.assert_array_equal(_smoothed(img, sigma),
                                       ndimage.gaussian_filter(img, sigma, mode="nearest"))
+
+
+def test_frame_passes_made_a_block_at_a_time_give_the_whole_frame_values(monkeypatch):
+    """The reference's and the frames' full-resolution passes that work a few rows at a time
+    (so that no frame-sized temporary is made): the same values as the whole-frame formulas,
+    with blocks as small as a row."""
+    from scipy import ndimage
+
+    import starshift._stats
+    import starshift.registration._clean as clean
+    import starshift.registration._sources as sources
+    from starshift.registration._params import ReferenceParams
+
+    rng = np.random.default_rng(5)
+    img = rng.normal(size=(sources._STRIP_MIN // 700 + 5, 700)).astype(np.float32)
+    monkeypatch.setattr(sources, "_STRIP_BYTES", 37 * 700 * 4)  # many strips, a partial last
+    for sigma in (1.0, 3.3):
+        np.testing.assert_array_equal(sources._smoothed(img, sigma),
+                                      ndimage.gaussian_filter(img, sigma, mode="nearest"))
+    for shape in ((101, 77), (8, 8), (3, 5)):
+        a = rng.normal(size=shape)
+        ny, nx = shape[0] // 2 * 2, shape[1] // 2 * 2
+        rows = np.minimum(a[0:ny:2, :nx], a[1:ny:2, :nx])
+        want = np.minimum(rows[:, 0::2], rows[:, 1::2]).astype(np.float32)
+        for chunk in (1, 2 * 8 * shape[1] * 3, 1 << 22):
+            monkeypatch.setattr(clean, "CHUNK_BYTES", chunk)
+            np.testing.assert_array_equal(clean._block_min2(a), want)
+    p = ReferenceParams()
+    flat = rng.normal(100.0, 5.0, (60, 50)).astype(np.float32)
+    monkeypatch.setattr(starshift._stats, "CHUNK_BYTES", 64)  # blocks of 16 pixels
+    for n_at_max in (1, 2, 3, 40):
+        a = flat.copy()
+        a.flat[rng.choice(a.size, n_at_max, replace=False)] = 500.0
+        want = 500.0 if n_at_max >= 3 else np.inf
+        assert clean._saturation_level(a, p) == want
+        assert clean._saturation_level(np.asfortranarray(a), p) == want
