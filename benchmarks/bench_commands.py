@@ -509,7 +509,12 @@ def bench_night(name: str, night_dir: Path, box, ways: list[str], repeat: int,
     res = {"night": name, "frames": len(files), "shape": shape, "box": box,
            "runs": {w: [] for w in ways}, "accuracy": {}, "errors": {}}
     for rep in range(repeat):
-        for way in ways:
+        # the order rotates each repeat: a run that follows one which freed much memory (or
+        # deleted many output files) gets pages the kernel hands back at once, which on a
+        # virtual machine can cost several times less than new ones; no way always follows
+        # the same one
+        k = rep % len(ways)
+        for way in ways[k:] + ways[:k]:
             out = scratch / f"{name}_{way}_{rep}"
             log = scratch / f"{name}_{way}_{rep}.log"
             if way == "align":
