@@ -1002,7 +1002,7 @@ def test_frame_passes_made_a_block_at_a_time_give_the_whole_frame_values(monkeyp
         rows = np.minimum(a[0:ny:2, :nx], a[1:ny:2, :nx])
         want = np.minimum(rows[:, 0::2], rows[:, 1::2]).astype(np.float32)
         for chunk in (1, 2 * 8 * shape[1] * 3, 1 << 22):
-            monkeypatch.setattr(clean, "CHUNK_BYTES", chunk)
+            monkeypatch.setattr(starshift._stats, "CHUNK_BYTES", chunk)
             np.testing.assert_array_equal(clean._block_min2(a), want)
     p = ReferenceParams()
     flat = rng.normal(100.0, 5.0, (60, 50)).astype(np.float32)

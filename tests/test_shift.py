@@ -205,13 +205,13 @@ def test_box_centroid_with_a_known_frame_median_is_the_same_measurement():
 def test_integer_shift_in_place_moves_the_pixels_within_the_array(monkeypatch):
     """Every whole-pixel shift, in place, gives the copy's values in the given array, with
     blocks of rows as small as one row (the block order is what keeps it right)."""
-    import starshift.shift
+    import starshift._stats
 
     rng = np.random.default_rng(11)
     for chunk_rows in (None, 1, 3):
         for shape in ((40, 33), (7, 5), (1, 9), (9, 1)):
             if chunk_rows:
-                monkeypatch.setattr(starshift.shift, "CHUNK_BYTES", chunk_rows * shape[1] * 4)
+                monkeypatch.setattr(starshift._stats, "CHUNK_BYTES", chunk_rows * shape[1] * 4)
             for dx in range(-shape[1] - 1, shape[1] + 2, max(1, shape[1] // 5)):
                 for dy in range(-shape[0] - 1, shape[0] + 2, max(1, shape[0] // 5)):
                     data = rng.normal(size=shape).astype(np.float32)

@@ -58,9 +58,14 @@ _BRACKET_MIN = 1 << 20
 CHUNK_BYTES = 4 << 20
 
 
+def block_rows(row_bytes: int) -> int:
+    """How many rows of ``row_bytes`` each make about :data:`CHUNK_BYTES` (at least one)."""
+    return max(CHUNK_BYTES // max(row_bytes, 1), 1)
+
+
 def blocks(a: np.ndarray):
     """Consecutive pieces (views) of the 1-D array ``a`` of about :data:`CHUNK_BYTES`."""
-    step = max(CHUNK_BYTES // max(a.itemsize, 1), 1)
+    step = block_rows(a.itemsize)
     for i in range(0, a.size, step):
         yield a[i: i + step]
 

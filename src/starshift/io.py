@@ -25,7 +25,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyWarning
 
-from ._stats import CHUNK_BYTES, blocks
+from ._stats import CHUNK_BYTES, block_rows, blocks
 from ._table import Table
 from .errors import StarshiftError
 
@@ -408,7 +408,7 @@ def write_frame(path: str | os.PathLike, data: np.ndarray, header: fits.Header |
         head = _primary_header_bytes(header, data.shape)
     ny, nx = data.shape
     pad = (-4 * data.size) % _BLOCK
-    rows = max(CHUNK_BYTES // (4 * max(nx, 1)), 1)
+    rows = block_rows(4 * max(nx, 1))
 
     def _write(tmp: str) -> None:
         with open(tmp, "wb") as fh:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._lazy import ndimage
-from ._stats import CHUNK_BYTES, counts, median
+from ._stats import block_rows, counts, median
 
 ORDERS = (0, 1, 3)
 
@@ -94,7 +94,7 @@ def integer_shift(data: np.ndarray, dx: int, dy: int, cval: float, *,
         dst_y = slice(max(0, dy), ny - max(0, -dy))
         out[dst_y, dst_x] = data[src_y, src_x]
     elif dx or dy:
-        rows = max(CHUNK_BYTES // max(data.itemsize * nx, 1), 1)
+        rows = block_rows(data.itemsize * nx)
         first, last = max(0, -dy), ny - max(0, dy)  # the source rows that stay in the frame
         starts = range(first, last, rows)
         for y0 in (reversed(starts) if dy > 0 else starts):  # moving down: the bottom first

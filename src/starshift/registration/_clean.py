@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .._stats import CHUNK_BYTES, blocks, sampled_median
+from .._stats import block_rows, blocks, sampled_median
 from ._params import ReferenceParams
 
 #: Smallest image side accepted (pixels); smaller arrays are a programmer error.
@@ -109,7 +109,7 @@ def _block_min2(img: np.ndarray) -> np.ndarray:
     out = np.empty((ny // 2, nx // 2), np.float32)
     # a block of row pairs at a time (``CHUNK_BYTES``): the rows' minima need no half-frame
     # temporary (52 MB on a 26 MP frame), for the same values
-    step = max(CHUNK_BYTES // max(2 * img.itemsize * nx, 1), 1)
+    step = block_rows(2 * img.itemsize * nx)
     for r0 in range(0, ny // 2, step):
         r1 = min(r0 + step, ny // 2)
         rows = np.minimum(img[2 * r0:2 * r1:2, :nx], img[2 * r0 + 1:2 * r1:2, :nx])
